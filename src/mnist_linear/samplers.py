@@ -1,0 +1,103 @@
+"""Batch samplers that keep every split a tensor and hand out whole batches.
+
+Both samplers subclass :class:`~torch.utils.data.DistributedSampler`, so that Lightning
+keeps them as they are under DDP instead of wrapping them in a sampler of its own, and
+both yield one index object per batch: a ``DataLoader(dataset, sampler=s,
+batch_size=None)`` then fetches each batch with a single indexing operation on the
+``TensorDataset``, without per-item ``__getitem__`` calls or collation.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import Dataset, DistributedSampler
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """A generator determined by ``(seed, epoch)`` alone.
+
+    The pair is hashed to 32 bits because torch's CPU generator (MT19937) keeps only
+    the low 32 bits of its seed: ``(seed << 32) | epoch`` would ignore ``seed``.
+    """
+    digest = hashlib.blake2b(f"{seed}:{epoch}".encode(), digest_size=4).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest, "little"))
+
+
+class StepPartitionSampler(DistributedSampler):
+    """Training batches whose union over the processes is the single-process batch.
+
+    With ``num_replicas`` processes and ``batch_size`` images each, the global batch
+    at step ``s`` is ``order[s*G:(s+1)*G]`` with ``G = batch_size * num_replicas`` and
+    ``order`` the epoch's permutation (shuffled from ``seed`` and the epoch, or
+    ``0..n-1``). Process ``rank`` takes the ``rank``-th slice of ``batch_size`` of it.
+    The trailing ``n mod G`` images are dropped, so every process runs the same number
+    of steps.
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ) -> None:
+        super().__init__(
+            dataset,
+            num_replicas=num_replicas,
+            rank=rank,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=True,
+        )
+        self.batch_size = batch_size
+        self.global_batch_size = batch_size * num_replicas
+        self.num_steps = len(dataset) // self.global_batch_size
+
+    def __len__(self) -> int:
+        return self.num_steps
+
+    def epoch_order(self) -> torch.Tensor:
+        """The order of the whole split in the current epoch, shared by every process."""
+        n = len(self.dataset)
+        if self.shuffle:
+            return torch.randperm(n, generator=epoch_generator(self.seed, self.epoch))
+        return torch.arange(n)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        steps = self.epoch_order()[: self.num_steps * self.global_batch_size]
+        mine = steps.view(self.num_steps, self.num_replicas, self.batch_size)[:, self.rank]
+        return iter(mine.unbind(0))
+
+
+class ShardSampler(DistributedSampler):
+    """Evaluation batches: one contiguous slice of the split per process, nothing repeated.
+
+    Process ``rank`` of ``num_replicas`` gets the images ``rank*n//R`` to
+    ``(rank+1)*n//R``, so the shards add up to the split exactly and metrics summed
+    over the processes count every image once. Each shard is cut into the same number
+    of chunks of at most ``chunk_size`` images on every process, so that all processes
+    run the same number of evaluation steps. Slices index a tensor without copying it.
+    """
+
+    def __init__(
+        self, dataset: Dataset, chunk_size: int, num_replicas: int = 1, rank: int = 0
+    ) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        n = len(dataset)
+        start, stop = rank * n // num_replicas, (rank + 1) * n // num_replicas
+        largest_shard = -(-n // num_replicas)
+        chunks = max(1, -(-largest_shard // chunk_size))
+        bounds = [start + j * (stop - start) // chunks for j in range(chunks + 1)]
+        self.slices = [slice(a, b) for a, b in itertools.pairwise(bounds)]
+
+    def __len__(self) -> int:
+        return len(self.slices)
+
+    def __iter__(self) -> Iterator[slice]:
+        return iter(self.slices)

@@ -1,0 +1,163 @@
+"""MNISTSubsetDataModule hands out exactly the assignment's data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from mnist_linear.data import MNISTSubsetDataModule
+
+
+@pytest.fixture(scope="module")
+def mnist_raw(mnist_root: Path) -> tuple[torchvision.datasets.MNIST, torchvision.datasets.MNIST]:
+    return (
+        torchvision.datasets.MNIST(mnist_root, train=True),
+        torchvision.datasets.MNIST(mnist_root, train=False),
+    )
+
+
+@pytest.fixture(scope="module")
+def all_digits(mnist_root: Path) -> MNISTSubsetDataModule:
+    dm = MNISTSubsetDataModule(data_dir=str(mnist_root))
+    dm.prepare_data()
+    dm.setup("fit")
+    return dm
+
+
+@pytest.fixture(scope="module")
+def twos_threes(mnist_root: Path) -> MNISTSubsetDataModule:
+    dm = MNISTSubsetDataModule(data_dir=str(mnist_root), classes=[2, 3])
+    dm.setup("fit")
+    return dm
+
+
+def _pixels(images: torch.Tensor) -> torch.Tensor:
+    return images.reshape(len(images), 784).float() / 255
+
+
+def test_all_digit_splits_are_the_prescribed_slices(all_digits, mnist_raw) -> None:
+    train, test = mnist_raw
+    assert [len(s) for s in (all_digits.train_set, all_digits.val_set, all_digits.test_set)] == [
+        20000,
+        2000,
+        2000,
+    ]
+    x, y = all_digits.val_set.tensors
+    assert torch.equal(x, _pixels(train.data[20000:22000]))
+    assert torch.equal(y, train.targets[20000:22000])
+    x, y = all_digits.train_set.tensors
+    assert torch.equal(x, _pixels(train.data[:20000]))
+    assert torch.equal(y, train.targets[:20000])
+    x, y = all_digits.test_set.tensors
+    assert torch.equal(x, _pixels(test.data[8000:]))
+    assert torch.equal(y, test.targets[8000:])
+    assert all_digits.num_classes == 10
+    assert all_digits.num_features == 784
+
+
+def test_two_digit_subset_sizes_and_counts(twos_threes) -> None:
+    sizes = [len(s) for s in (twos_threes.train_set, twos_threes.val_set, twos_threes.test_set)]
+    assert sizes == [4005, 421, 405]
+    labels = twos_threes.train_set.tensors[1]
+    assert int((labels == 1).sum()) == 1929
+    assert int((labels == 0).sum()) == 2076
+    assert twos_threes.num_classes == 2
+
+
+@pytest.mark.parametrize("classes", [[2, 3], [3, 2], [0, 9]])
+def test_first_class_is_labelled_one(mnist_root: Path, mnist_raw, classes: list[int]) -> None:
+    train, _ = mnist_raw
+    dm = MNISTSubsetDataModule(data_dir=str(mnist_root), classes=classes)
+    dm.setup()
+    digits = train.targets[:20000]
+    keep = (digits == classes[0]) | (digits == classes[1])
+    x, y = dm.train_set.tensors
+    assert torch.equal(y, (digits[keep] == classes[0]).long())
+    assert torch.equal(x, _pixels(train.data[:20000][keep]))
+    assert dm.class_names == [str(classes[1]), str(classes[0])]
+
+
+def test_pixels_are_float32_in_unit_range_and_labels_int64(all_digits) -> None:
+    for split in (all_digits.train_set, all_digits.val_set, all_digits.test_set):
+        x, y = split.tensors
+        assert x.dtype == torch.float32 and x.shape[1] == 784
+        assert y.dtype == torch.int64 and y.shape == (len(x),)
+        assert float(x.min()) == 0.0 and float(x.max()) == 1.0
+
+
+def test_class_means_are_mean_training_images(twos_threes) -> None:
+    x, y = twos_threes.train_set.tensors
+    assert twos_threes.class_means.shape == (2, 784)
+    assert torch.allclose(twos_threes.class_means[1], x[y == 1].mean(0))
+    assert torch.allclose(twos_threes.class_means[0], x[y == 0].mean(0))
+
+
+def _epoch_order(dm: MNISTSubsetDataModule, epoch: int) -> torch.Tensor:
+    loader = dm.train_dataloader()
+    loader.sampler.set_epoch(epoch)
+    return torch.cat([y for _, y in loader])
+
+
+def test_training_order_is_fixed_by_seed_and_epoch(mnist_root: Path, twos_threes) -> None:
+    again = MNISTSubsetDataModule(data_dir=str(mnist_root), classes=[2, 3])
+    again.setup()
+    other_seed = MNISTSubsetDataModule(data_dir=str(mnist_root), classes=[2, 3], seed=43)
+    other_seed.setup()
+    first = _epoch_order(twos_threes, 3)
+    assert torch.equal(first, _epoch_order(again, 3))
+    assert not torch.equal(first, _epoch_order(twos_threes, 4))
+    assert not torch.equal(first, _epoch_order(other_seed, 3))
+
+
+def test_train_loader_serves_full_batches_and_drops_the_rest(twos_threes) -> None:
+    loader = twos_threes.train_dataloader()
+    batches = list(loader)
+    assert len(loader) == len(batches) == 100
+    assert all(x.shape == (40, 784) and y.shape == (40,) for x, y in batches)
+
+
+def test_unshuffled_order_is_the_split_order(mnist_root: Path) -> None:
+    dm = MNISTSubsetDataModule(data_dir=str(mnist_root), shuffle=False, batch_size=64)
+    dm.setup()
+    xs = torch.cat([x for x, _ in dm.train_dataloader()])
+    assert torch.equal(xs, dm.train_set.tensors[0][: 312 * 64])
+
+
+def test_val_loaders_serve_train_val_test_whole(all_digits) -> None:
+    loaders = all_digits.val_dataloader()
+    served = [torch.cat([y for _, y in loader]) for loader in loaders]
+    expected = [
+        s.tensors[1] for s in (all_digits.train_set, all_digits.val_set, all_digits.test_set)
+    ]
+    assert all(torch.equal(a, b) for a, b in zip(served, expected, strict=True))
+    ((x, _),) = list(all_digits.test_dataloader())
+    assert torch.equal(x, all_digits.test_set.tensors[0])
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (
+            {"classes": [2, 12]},
+            r"classes must be None .* two distinct digits from 0 to 9.*\[2, 12\]",
+        ),
+        ({"classes": [-1, 3]}, r"classes must be .*\[-1, 3\]"),
+        ({"classes": [4, 4]}, r"classes must be .*two distinct digits.*\[4, 4\]"),
+        ({"classes": [1, 2, 3]}, r"classes must be .*\[1, 2, 3\]"),
+        ({"classes": [7]}, r"classes must be .*\[7\]"),
+        ({"train_size": 0}, r"train_size must be a positive integer, got 0"),
+        ({"val_size": -5}, r"val_size must be a positive integer, got -5"),
+        ({"test_size": 0}, r"test_size must be a positive integer, got 0"),
+        ({"train_size": 59000, "val_size": 2000}, r"train_size \+ val_size must be at most 60000"),
+        ({"test_size": 10001}, r"test_size must be at most 10000, got 10001"),
+        ({"batch_size": 0}, r"batch_size must be a positive integer, got 0"),
+        ({"batch_size": 20001}, r"batch_size must be at most train_size \(20000\), got 20001"),
+        ({"seed": -1}, r"seed must be an integer from 0 to 4294967295, got -1"),
+    ],
+)
+def test_bad_arguments_are_refused_at_construction(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        MNISTSubsetDataModule(**kwargs)
