@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,4 +44,40 @@ def mnist_copy(mnist_root: Path, tmp_path: Path) -> Path:
     """A private copy of the built data folder, for tests that damage files."""
     root = tmp_path / "data"
     shutil.copytree(mnist_root, root)
+    return root
+
+
+def run_train(
+    *args: str, root: Path, mnist: Path, timeout: float = 240
+) -> subprocess.CompletedProcess:
+    """``python train.py ARGS`` as a user types it, writing under ``root``, with data from ``mnist``."""
+    command = [
+        sys.executable,
+        str(REPO / "train.py"),
+        *args,
+        f"--data.data_dir={mnist}",
+        f"--trainer.default_root_dir={root}",
+        "--trainer.enable_progress_bar=false",
+    ]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def run_dir(root: Path) -> Path:
+    """The single ``lightning_logs/version_N`` folder of a run under ``root``."""
+    (folder,) = sorted((root / "lightning_logs").glob("version_*"))
+    return folder
+
+
+def read_results(root: Path) -> dict:
+    return json.loads((run_dir(root) / "results.json").read_text())
+
+
+@pytest.fixture(scope="session")
+def logistic_run(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> Path:
+    """A real 3-epoch run of configs/logistic.yaml (300 steps, 30 evaluations): its output root."""
+    root = tmp_path_factory.mktemp("logistic")
+    done = run_train(
+        "--config=configs/logistic.yaml", "--trainer.max_epochs=3", root=root, mnist=mnist_root
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
     return root

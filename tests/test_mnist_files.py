@@ -9,10 +9,10 @@ import pytest
 import torchvision
 
 from mnist_linear import mnist_files
+from mnist_linear.files import atomic_write_bytes
 from mnist_linear.mnist_files import (
     RAW_FILES,
     MNISTFilesError,
-    atomic_write_bytes,
     ensure_mnist,
     raw_folder,
     sha256_of,

@@ -9,7 +9,6 @@ canonical SHA-256.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
 import importlib.metadata
@@ -17,11 +16,12 @@ import json
 import os
 import pickle
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from mnist_linear.files import atomic_write_bytes
 
 
 @dataclass(frozen=True)
@@ -76,27 +76,6 @@ def sha256_of(path: Path) -> str:
         while chunk := f.read(1 << 22):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def atomic_write_bytes(path: Path, chunks: list[bytes] | tuple[bytes, ...]) -> None:
-    """Write ``chunks`` to ``path`` through a temporary file in the same folder and a rename.
-
-    A reader sees the old file or the whole new one, never a prefix: an interrupted
-    writer leaves only a ``.tmp`` file behind, which nothing reads.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def _file_key(path: Path) -> list[int]:

@@ -70,9 +70,11 @@ class StepPartitionSampler(DistributedSampler):
         return torch.arange(n)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
+        # A generator, so that the order is drawn at the first batch rather than when the
+        # iterator is made: a resumed Lightning run makes it before calling set_epoch.
         steps = self.epoch_order()[: self.num_steps * self.global_batch_size]
         mine = steps.view(self.num_steps, self.num_replicas, self.batch_size)[:, self.rank]
-        return iter(mine.unbind(0))
+        yield from mine.unbind(0)
 
 
 class ShardSampler(DistributedSampler):

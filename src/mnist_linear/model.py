@@ -1,0 +1,126 @@
+"""LinearClassifier: logistic or softmax regression trained through the hand-derived gradient."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy
+
+from mnist_linear.gradients import cross_entropy_terms, linear_cross_entropy, logits, probabilities
+
+NUM_FEATURES = 28 * 28
+STAGES = ("train", "val", "test")
+
+
+class LinearClassifier(L.LightningModule):
+    """One linear layer, 784 -> 1 (logistic, ``num_classes=2``) or 784 -> K (softmax).
+
+    The layer starts at zero, as in the assignment: p = 0.5 for every image, or 1/K
+    for every class. The training loss is the mean cross-entropy plus
+    ``l2_lambda * ||W||^2`` (the bias is not regularised); its gradient is the
+    hand-derived one of :class:`~mnist_linear.gradients.LinearCrossEntropy`.
+    Evaluation reports the cross-entropy without the L2 term and the accuracy on the
+    three splits that the data module's ``val_dataloader`` serves, in the order
+    training, validation, test, as ``train/loss`` ... ``test/acc``.
+
+    Args:
+        num_classes: 2 for logistic regression, 3 to 10 for softmax regression.
+        learning_rate: SGD step size for the mean-over-the-batch gradient.
+        l2_lambda: Strength λ of the penalty λ ||W||^2, at least 0.
+        momentum: SGD momentum, in [0, 1).
+        nesterov: Use Nesterov momentum (needs momentum > 0).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        learning_rate: float,
+        l2_lambda: float = 0.0,
+        momentum: float = 0.0,
+        nesterov: bool = False,
+    ) -> None:
+        super().__init__()
+        if (
+            isinstance(num_classes, bool)
+            or not isinstance(num_classes, int)
+            or not 2 <= num_classes <= 10
+        ):
+            raise ValueError(f"num_classes must be an integer from 2 to 10, got {num_classes!r}")
+        if not learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
+        if not l2_lambda >= 0:
+            raise ValueError(f"l2_lambda must be >= 0, got {l2_lambda!r}")
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
+        if nesterov and momentum == 0:
+            raise ValueError(
+                f"nesterov must be false when momentum is 0, got nesterov={nesterov!r}"
+            )
+        self.save_hyperparameters()
+        self.linear = nn.Linear(NUM_FEATURES, 1 if num_classes == 2 else num_classes)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+        # One metric of each kind per split, indexed like STAGES and the validation loaders.
+        self.losses = nn.ModuleList([MeanMetric() for _ in STAGES])
+        self.accuracies = nn.ModuleList(
+            [
+                BinaryAccuracy()
+                if num_classes == 2
+                else MulticlassAccuracy(num_classes, average="micro")
+                for _ in STAGES
+            ]
+        )
+
+    @property
+    def binary(self) -> bool:
+        return self.hparams.num_classes == 2
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return logits(x, self.linear.weight, self.linear.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Probabilities: p(class 1) of shape (N,) when binary, else softmax of shape (N, K)."""
+        return probabilities(self.logits(x))
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """Labels: 1 where p >= 0.5 (z >= 0) when binary, else the most probable class."""
+        return self._labels(self.logits(x))
+
+    def _labels(self, z: torch.Tensor) -> torch.Tensor:
+        return (z[:, 0] >= 0).long() if self.binary else z.argmax(dim=1)
+
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
+        x, y = batch
+        return linear_cross_entropy(
+            x, y, self.linear.weight, self.linear.bias, self.hparams.l2_lambda
+        )
+
+    def validation_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        stage = STAGES[dataloader_idx]
+        x, y = batch
+        z = self.logits(x)
+        loss, _ = cross_entropy_terms(z, y)
+        self.losses[dataloader_idx].update(loss)
+        self.accuracies[dataloader_idx].update(self._labels(z), y)
+        self.log(f"{stage}/loss", self.losses[dataloader_idx], add_dataloader_idx=False)
+        self.log(f"{stage}/acc", self.accuracies[dataloader_idx], add_dataloader_idx=False)
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx, dataloader_idx=STAGES.index("test"))
+
+    def on_validation_epoch_end(self) -> None:
+        self.log("weight_norm", self.linear.weight.detach().norm(), sync_dist=True)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(
+            self.parameters(),
+            lr=self.hparams.learning_rate,
+            momentum=self.hparams.momentum,
+            nesterov=self.hparams.nesterov,
+        )

@@ -1,0 +1,207 @@
+"""``python train.py``: real runs, their output, and one-line answers to bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import REPO, read_results, run_dir, run_train
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from mnist_linear.cli import MNISTLinearCLI, describe_parse_error, main
+from mnist_linear.data import MNISTSubsetDataModule
+from mnist_linear.model import LinearClassifier
+
+SCALAR_TAGS = {
+    "train/loss",
+    "train/acc",
+    "val/loss",
+    "val/acc",
+    "test/loss",
+    "test/acc",
+    "weight_norm",
+    "lr",
+}
+RESULT_KEYS = {
+    "train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc",
+    "best_epoch", "stopped_epoch", "stop_reason", "global_step", "seconds",
+}  # fmt: skip
+
+
+def events(folder: Path) -> EventAccumulator:
+    (path,) = folder.glob("events.out.tfevents.*")
+    accumulator = EventAccumulator(str(path), size_guidance={"scalars": 0, "images": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+def test_short_training_learns_and_writes_every_output(logistic_run: Path) -> None:
+    folder = run_dir(logistic_run)
+    results = read_results(logistic_run)
+    assert set(results) == RESULT_KEYS
+    assert results["global_step"] == 300
+    assert results["val/acc"] > 0.9 and results["test/acc"] > 0.9  # chance is about 0.5
+    assert (folder / "config.yaml").is_file()
+    assert {p.name for p in (folder / "checkpoints").iterdir()} >= {"last.ckpt"}
+    assert any(p.name.startswith("best-") for p in (folder / "checkpoints").iterdir())
+    tags = events(folder).Tags()
+    assert SCALAR_TAGS <= set(tags["scalars"])
+    assert {"weights", "class_means", "weights_vs_means"} <= set(tags["images"])
+
+
+def test_metrics_are_logged_ten_times_per_epoch(logistic_run: Path) -> None:
+    accumulator = events(run_dir(logistic_run))
+    for tag in ("train/loss", "val/acc", "test/acc", "weight_norm"):
+        steps = [e.step for e in accumulator.Scalars(tag)]
+        assert steps == list(range(9, 300, 10)), tag
+
+
+def test_saved_config_is_the_resolved_one(logistic_run: Path, mnist_root: Path) -> None:
+    config = yaml.safe_load((run_dir(logistic_run) / "config.yaml").read_text())
+    assert config["data"]["classes"] == [2, 3]
+    assert config["data"]["data_dir"] == str(mnist_root)
+    assert config["trainer"]["max_epochs"] == 3
+    assert "num_classes" not in config["model"]  # linked from the data module, never stated twice
+    hparams = yaml.safe_load((run_dir(logistic_run) / "hparams.yaml").read_text())
+    assert hparams["num_classes"] == 2
+
+
+def test_results_are_of_the_final_weights(logistic_run: Path, mnist_root: Path) -> None:
+    folder = run_dir(logistic_run)
+    results = read_results(logistic_run)
+    checkpoint = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)
+    state = checkpoint["callbacks"]
+    (stopping,) = [v for k, v in state.items() if k.startswith("ValidationLossEarlyStopping")]
+    model = LinearClassifier(2, learning_rate=0.1)
+    model.load_state_dict(stopping["best_state"])
+    data = MNISTSubsetDataModule(data_dir=str(mnist_root), classes=[2, 3])
+    data.setup()
+    for stage, split in (("train", data.train_set), ("val", data.val_set), ("test", data.test_set)):
+        x, y = split.tensors
+        accuracy = (model.predict(x) == y).double().mean().item()
+        assert results[f"{stage}/acc"] == pytest.approx(accuracy, abs=1e-6)
+
+
+@pytest.mark.parametrize("config", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_parses(
+    config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sys.argv", ["train.py"])
+    cli = MNISTLinearCLI(
+        LinearClassifier,
+        MNISTSubsetDataModule,
+        run=False,
+        args=[f"--config={config}", f"--trainer.default_root_dir={tmp_path}"],
+        auto_configure_optimizers=False,
+        parser_kwargs={"exit_on_error": False},
+    )
+    assert isinstance(cli.model, LinearClassifier) and isinstance(
+        cli.datamodule, MNISTSubsetDataModule
+    )
+    assert cli.model.hparams.num_classes == cli.datamodule.num_classes
+    assert cli.trainer.max_epochs == 100
+    assert cli.trainer.val_check_interval == 0.1
+    assert cli.datamodule.batch_size == 40
+
+
+@pytest.mark.parametrize(
+    "argument, expected",
+    [
+        ("--model.learning_rate=-1", "error: --model.learning_rate must be > 0, got -1.0"),
+        (
+            "--data.classes=[2,12]",
+            "error: --data.classes must be None (all ten digits) or two distinct",
+        ),
+        ("--data.batch_size=zero", "error: --data.batch_size: expected int, got 'zero'"),
+        (
+            "--trainer.max_epochs=abc",
+            "error: --trainer.max_epochs: expected int or null, got 'abc'",
+        ),
+        ("--model.momentum=1.5", "error: --model.momentum must be in [0, 1), got 1.5"),
+        ("--model.bogus=1", "error: unrecognized arguments: --model.bogus=1"),
+        ("--ckpt_path=missing.ckpt", "error: --ckpt_path: no checkpoint file at 'missing.ckpt'"),
+        ("--trainer.accelerator=foo", "error: --trainer (accelerator='foo'"),
+        (
+            "--trainer.callbacks+=mnist_linear.callbacks.LearningRateAnnealing --trainer.callbacks.T=-3",
+            "error: --trainer.callbacks: T must be > 0 or null for a constant rate, got -3.0",
+        ),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_code_2(
+    argument: str,
+    expected: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("sys.argv", ["train.py"])
+    args = [
+        "--config=configs/logistic.yaml",
+        f"--trainer.default_root_dir={tmp_path}",
+        *argument.split(),
+    ]
+    with pytest.raises(SystemExit) as stop:
+        main(args)
+    assert stop.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert len(captured.err.strip().splitlines()) == 1, captured.err
+    assert captured.err.startswith(expected), captured.err
+
+
+def test_missing_config_file_from_the_command_line(tmp_path: Path) -> None:
+    done = run_train("--config=configs/nope.yaml", root=tmp_path, mnist=tmp_path)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert (
+        done.stderr.strip().splitlines()
+        == [f"error: --config: File does not exist: '{REPO / 'configs' / 'nope.yaml'}'"]
+        or "configs/nope.yaml" in done.stderr.strip()
+    )
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in done.stderr
+
+
+def test_union_errors_name_the_allowed_types() -> None:
+    message = (
+        'Parser key "data.classes":\n  Does not validate against any of the Union subtypes\n'
+        "  Subtypes: [list[int], <class 'NoneType'>]\n  Errors:\n"
+        "    - Expected a <class 'int'>. Got value: a\n    - Expected a <class 'NoneType'>\n"
+        "  Given value type: <class 'list'>\n  Given value: ['a']"
+    )
+    assert (
+        describe_parse_error(message) == "--data.classes: expected list[int] or null, got \"['a']\""
+    )
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_train_exactly_what_one_process_trains(
+    logistic_run: Path, mnist_root: Path, tmp_path: Path
+) -> None:
+    done = run_train(
+        "--config=configs/logistic.yaml",
+        "--trainer.max_epochs=3",
+        "--trainer.strategy=ddp",
+        "--trainer.devices=2",
+        "--trainer.accelerator=cpu",
+        "--data.batch_size=20",
+        root=tmp_path,
+        mnist=mnist_root,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    single = torch.load(run_dir(logistic_run) / "checkpoints" / "last.ckpt", weights_only=True)
+    double = torch.load(run_dir(tmp_path) / "checkpoints" / "last.ckpt", weights_only=True)
+    assert single["global_step"] == double["global_step"] == 300
+    for key in ("linear.weight", "linear.bias"):
+        assert not torch.equal(
+            single["state_dict"][key], torch.zeros_like(single["state_dict"][key])
+        )
+        torch.testing.assert_close(
+            double["state_dict"][key], single["state_dict"][key], rtol=1e-5, atol=1e-6
+        )
+    one, two = read_results(logistic_run), read_results(tmp_path)
+    for key in ("train/acc", "val/acc", "test/acc", "train/loss", "val/loss", "test/loss"):
+        assert two[key] == pytest.approx(one[key], abs=1e-5), key
+    assert two["best_epoch"] == one["best_epoch"]

@@ -1,0 +1,101 @@
+"""LinearClassifier: the assignment's start, its objective and its refusals."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mnist_linear.gradients import LinearCrossEntropy
+from mnist_linear.model import LinearClassifier
+
+
+def test_zero_weights_give_one_half_for_the_binary_model() -> None:
+    model = LinearClassifier(num_classes=2, learning_rate=0.1)
+    p = model(torch.rand(5, 784))
+    assert p.shape == (5,)
+    assert torch.equal(p, torch.full((5,), 0.5))
+
+
+def test_zero_weights_give_one_tenth_per_class_for_softmax() -> None:
+    model = LinearClassifier(num_classes=10, learning_rate=0.1)
+    p = model(torch.rand(5, 784))
+    assert p.shape == (5, 10)
+    torch.testing.assert_close(p, torch.full((5, 10), 0.1), rtol=0, atol=1e-7)
+
+
+def test_layer_shapes_follow_the_number_of_classes() -> None:
+    assert LinearClassifier(2, 0.1).linear.weight.shape == (1, 784)
+    assert LinearClassifier(10, 0.1).linear.weight.shape == (10, 784)
+    assert LinearClassifier(3, 0.1).linear.bias.shape == (3,)
+
+
+@pytest.mark.parametrize("num_classes", [2, 10])
+def test_training_step_is_mean_cross_entropy_plus_l2_through_the_custom_function(
+    num_classes,
+) -> None:
+    torch.manual_seed(0)
+    model = LinearClassifier(num_classes, learning_rate=0.1, l2_lambda=0.01)
+    with torch.no_grad():
+        model.linear.weight.normal_(0, 0.1)
+        model.linear.bias.normal_(0, 0.1)
+    x, y = torch.rand(40, 784), torch.randint(0, num_classes, (40,))
+    loss = model.training_step((x, y), 0)
+    assert type(loss.grad_fn).__name__ == f"{LinearCrossEntropy.__name__}Backward"
+    z = model.linear(x)
+    if num_classes == 2:
+        expected = F.binary_cross_entropy_with_logits(z[:, 0], y.float())
+    else:
+        expected = F.cross_entropy(z, y)
+    expected = expected + 0.01 * model.linear.weight.pow(2).sum()
+    torch.testing.assert_close(loss, expected)
+
+
+def test_bias_is_not_regularised() -> None:
+    model = LinearClassifier(2, learning_rate=0.1, l2_lambda=0.5)
+    with torch.no_grad():
+        model.linear.bias.fill_(3.0)
+    x, y = torch.zeros(4, 784), torch.tensor([0, 1, 0, 1])
+    loss_a = model.training_step((x, y), 0)
+    with torch.no_grad():
+        model.linear.bias.fill_(-3.0)
+    loss_b = model.training_step((x, y), 0)
+    torch.testing.assert_close(loss_a, loss_b)
+
+
+def test_binary_prediction_threshold_is_one_half() -> None:
+    model = LinearClassifier(2, learning_rate=0.1)
+    with torch.no_grad():
+        model.linear.bias.fill_(0.0)
+    assert model.predict(torch.zeros(3, 784)).tolist() == [1, 1, 1]
+    with torch.no_grad():
+        model.linear.bias.fill_(-1e-6)
+    assert model.predict(torch.zeros(3, 784)).tolist() == [0, 0, 0]
+
+
+def test_optimiser_is_sgd_with_the_configured_momentum() -> None:
+    model = LinearClassifier(10, learning_rate=0.3, momentum=0.9, nesterov=True)
+    optimizer = model.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.SGD)
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["momentum"], group["nesterov"]) == (0.3, 0.9, True)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"learning_rate": 0.0}, r"learning_rate must be > 0, got 0.0"),
+        ({"learning_rate": -1.0}, r"learning_rate must be > 0, got -1.0"),
+        ({"learning_rate": float("nan")}, r"learning_rate must be > 0, got nan"),
+        ({"l2_lambda": -0.1}, r"l2_lambda must be >= 0, got -0.1"),
+        ({"num_classes": 1}, r"num_classes must be an integer from 2 to 10, got 1"),
+        ({"num_classes": 11}, r"num_classes must be an integer from 2 to 10, got 11"),
+        ({"momentum": 1.0}, r"momentum must be in \[0, 1\), got 1.0"),
+        ({"momentum": -0.5}, r"momentum must be in \[0, 1\), got -0.5"),
+        ({"nesterov": True}, r"nesterov must be false when momentum is 0"),
+    ],
+)
+def test_bad_values_are_refused(kwargs: dict, message: str) -> None:
+    arguments = {"num_classes": 10, "learning_rate": 0.1, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        LinearClassifier(**arguments)

@@ -1,0 +1,3 @@
+from mnist_linear.cli import main
+
+main()
