@@ -50,7 +50,7 @@ def mnist_copy(mnist_root: Path, tmp_path: Path) -> Path:
 def run_train(
     *args: str, root: Path, mnist: Path, timeout: float = 240
 ) -> subprocess.CompletedProcess:
-    """``python train.py ARGS`` as a user types it, writing under ``root``, with data from ``mnist``."""
+    """``python train.py ARGS`` as a user types it, writing under ``root``, data from ``mnist``."""
     command = [
         sys.executable,
         str(REPO / "train.py"),
