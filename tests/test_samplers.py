@@ -53,3 +53,14 @@ def test_shards_cover_the_split_once_with_equal_step_counts(n: int, world: int, 
     covered = [i for s in samplers for piece in s for i in range(n)[piece]]
     assert covered == list(range(n))
     assert all(piece.stop - piece.start <= chunk for s in samplers for piece in s)
+
+
+def test_order_is_drawn_at_the_first_batch_not_when_the_iterator_is_made() -> None:
+    # A resumed Lightning run makes the loader's iterator before it calls set_epoch.
+    sampler = StepPartitionSampler(_dataset(400), 40, shuffle=True, seed=1)
+    sampler.set_epoch(3)
+    expected = list(sampler)
+    sampler.set_epoch(0)
+    early = iter(sampler)
+    sampler.set_epoch(3)
+    assert all(torch.equal(a, b) for a, b in zip(early, expected, strict=True))

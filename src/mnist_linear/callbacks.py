@@ -72,6 +72,7 @@ class ValidationLossEarlyStopping(L.Callback):
         self.patience = patience
         self.monitor = monitor
         self.history: list[float] = []
+        self.last_epoch: int | None = None
         self.best_epoch: int | None = None
         self.best_loss: float | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
@@ -129,6 +130,7 @@ class ValidationLossEarlyStopping(L.Callback):
     def _end_epoch(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch, value = self._latest
         self._latest = None
+        self.last_epoch = epoch
         self.history.append(value)
         if self.best_loss is None or value < self.best_loss:
             self.best_epoch, self.best_loss = epoch, value
@@ -140,7 +142,7 @@ class ValidationLossEarlyStopping(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.stopped_epoch is None:
-            self.stopped_epoch = trainer.current_epoch - int(trainer.fit_loop.epoch_loop.done)
+            self.stopped_epoch = self.last_epoch
             self.stop_reason = "max_epochs or max_steps reached"
         if self.best_state is not None:
             pl_module.load_state_dict(self.best_state)
@@ -148,6 +150,7 @@ class ValidationLossEarlyStopping(L.Callback):
     def state_dict(self) -> dict[str, Any]:
         return {
             "history": list(self.history),
+            "last_epoch": self.last_epoch,
             "best_epoch": self.best_epoch,
             "best_loss": self.best_loss,
             "best_state": self.best_state,
@@ -158,6 +161,7 @@ class ValidationLossEarlyStopping(L.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict["history"])
+        self.last_epoch = state_dict["last_epoch"]
         self.best_epoch = state_dict["best_epoch"]
         self.best_loss = state_dict["best_loss"]
         self.best_state = state_dict["best_state"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -20,6 +21,7 @@ import lightning as L
 from jsonargparse import ArgumentError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from mnist_linear.callbacks import ValidationLossEarlyStopping
@@ -110,6 +112,16 @@ class MNISTLinearCLI(LightningCLI):
         ckpt_path = self.config.get("ckpt_path")
         if ckpt_path is not None and not Path(ckpt_path).is_file():
             raise UsageError(f"--ckpt_path: no checkpoint file at {ckpt_path!r}")
+
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        """The Trainer, logging to TensorBoard under ``default_root_dir`` unless told otherwise."""
+        trainer_config = self.config_init.get("trainer", {})
+        if trainer_config.get("logger") in (None, True):
+            save_dir = trainer_config.get("default_root_dir") or os.getcwd()
+            kwargs["logger"] = TensorBoardLogger(
+                save_dir, name="lightning_logs", default_hp_metric=False
+            )
+        return super().instantiate_trainer(**kwargs)
 
     def instantiate_classes(self) -> None:
         try:
@@ -206,3 +218,7 @@ def main(args: Sequence[str] | None = None) -> None:
         fit_and_report(cli)
     except MNISTFilesError as error:
         _fail(str(error), 1)
+
+
+if __name__ == "__main__":
+    main()

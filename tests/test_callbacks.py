@@ -1,0 +1,311 @@
+"""The callbacks' rules: annealing, early stopping with restore, weight images, exact resume."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from conftest import read_results, run_dir, run_train
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from mnist_linear.callbacks import (
+    LearningRateAnnealing,
+    ValidationLossEarlyStopping,
+    WeightImageLogger,
+    weight_tiles,
+)
+from mnist_linear.model import LinearClassifier
+
+# A small real task on which early stopping fires within 15 epochs of 9 steps.
+EARLY_STOP_ARGS = (
+    "--config=configs/logistic.yaml",
+    "--data.train_size=2000",
+    "--model.learning_rate=1.0",
+)
+
+
+def _trainer(**overrides) -> SimpleNamespace:
+    strategy = SimpleNamespace(reduce_boolean_decision=lambda decision, all=True: decision)
+    fields = dict(
+        sanity_checking=False,
+        state=SimpleNamespace(fn="fit"),
+        callback_metrics={},
+        is_last_batch=True,
+        current_epoch=0,
+        global_step=0,
+        should_stop=False,
+        strategy=strategy,
+        optimizers=[],
+    )
+    return SimpleNamespace(**{**fields, **overrides})
+
+
+# --- LearningRateAnnealing ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "step, expected", [(0, 0.5), (1, 0.5 / 1.001), (1000, 0.25), (3000, 0.125)]
+)
+def test_annealed_rate_is_lr0_over_one_plus_t_over_T(step: int, expected: float) -> None:
+    assert LearningRateAnnealing(T=1000).rate(0.5, step) == pytest.approx(expected, rel=1e-15)
+
+
+def test_annealing_sets_every_group_before_each_step_from_global_step() -> None:
+    model = LinearClassifier(10, learning_rate=0.4)
+    optimizer = model.configure_optimizers()
+    callback = LearningRateAnnealing(T=10)
+    module = SimpleNamespace(log=lambda *args, **kwargs: None)
+    for step in (0, 5, 10, 30):
+        callback.on_train_batch_start(
+            _trainer(global_step=step, optimizers=[optimizer]), module, None, 0
+        )
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(0.4 / (1 + step / 10))
+        assert optimizer.param_groups[0]["initial_lr"] == 0.4
+
+
+def test_null_T_keeps_the_rate_constant() -> None:
+    callback = LearningRateAnnealing(T=None)
+    assert [callback.rate(0.3, t) for t in (0, 10, 10**6)] == [0.3, 0.3, 0.3]
+
+
+@pytest.mark.parametrize("T", [0, -1.0, float("nan")])
+def test_bad_T_is_refused(T: float) -> None:
+    with pytest.raises(ValueError, match="T must be > 0 or null"):
+        LearningRateAnnealing(T=T)
+
+
+def test_logged_rate_follows_the_formula_in_a_real_run(logistic_run: Path) -> None:
+    (path,) = run_dir(logistic_run).glob("events.out.tfevents.*")
+    accumulator = EventAccumulator(str(path), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    events = accumulator.Scalars("lr")
+    assert len(events) >= 5
+    for event in events:
+        assert event.value == pytest.approx(0.2 / (1 + event.step / 1000), rel=1e-6)
+
+
+# --- ValidationLossEarlyStopping: the rule on synthetic sequences ----------------------------
+
+
+def _feed(values: list[float], patience: int = 3) -> tuple[ValidationLossEarlyStopping, int | None]:
+    """Epoch-end values in order; returns the callback and the epoch at which it stopped."""
+    callback = ValidationLossEarlyStopping(patience=patience)
+    model = LinearClassifier(2, learning_rate=0.1)
+    trainer = _trainer()
+    for epoch, value in enumerate(values):
+        trainer.current_epoch = epoch
+        trainer.callback_metrics = {"val/loss": torch.tensor(value)}
+        callback.on_validation_end(trainer, model)
+        if trainer.should_stop:
+            return callback, epoch
+    return callback, None
+
+
+def test_stops_exactly_at_the_third_consecutive_rise() -> None:
+    _, stopped = _feed([5.0, 4.0, 3.0, 3.5, 3.6, 3.7, 3.8])
+    assert stopped == 5
+    _, stopped = _feed([5.0, 4.0, 3.0, 3.5, 3.6])
+    assert stopped is None
+
+
+def test_equal_values_are_not_rises() -> None:
+    _, stopped = _feed([3.0, 3.0, 3.5, 3.6, 3.6, 3.7, 3.8])
+    assert stopped is None
+    _, stopped = _feed([3.0, 3.0, 3.5, 3.6, 3.6, 3.7, 3.8, 3.9])
+    assert stopped == 7
+
+
+def test_a_fall_resets_the_count() -> None:
+    _, stopped = _feed([3.0, 3.1, 3.2, 3.1, 3.2, 3.3, 3.0])
+    assert stopped is None
+
+
+@pytest.mark.parametrize("patience, expected", [(1, 2), (2, 3), (4, 5)])
+def test_patience_sets_the_number_of_rises(patience: int, expected: int) -> None:
+    _, stopped = _feed([2.0, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5], patience=patience)
+    assert stopped == expected
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf])
+def test_non_finite_loss_stops_at_once_even_mid_epoch(bad: float) -> None:
+    callback = ValidationLossEarlyStopping()
+    trainer = _trainer(is_last_batch=False, callback_metrics={"val/loss": torch.tensor(bad)})
+    with pytest.warns(UserWarning, match="the learning rate is too high"):
+        callback.on_validation_end(trainer, LinearClassifier(2, learning_rate=0.1))
+    assert trainer.should_stop
+    assert "learning rate is too high" in callback.stop_reason
+
+
+def test_only_the_epochs_last_evaluation_counts() -> None:
+    callback = ValidationLossEarlyStopping()
+    model = LinearClassifier(2, learning_rate=0.1)
+    trainer = _trainer(is_last_batch=False, callback_metrics={"val/loss": torch.tensor(0.1)})
+    callback.on_validation_end(trainer, model)
+    assert callback.history == []
+    trainer.is_last_batch, trainer.callback_metrics = True, {"val/loss": torch.tensor(0.7)}
+    callback.on_validation_end(trainer, model)
+    assert callback.history == [pytest.approx(0.7)]
+
+
+def test_best_weights_are_a_copy_not_a_reference() -> None:
+    callback = ValidationLossEarlyStopping()
+    model = LinearClassifier(2, learning_rate=0.1)
+    trainer = _trainer(callback_metrics={"val/loss": torch.tensor(0.5)})
+    with torch.no_grad():
+        model.linear.weight.fill_(1.0)
+    callback.on_validation_end(trainer, model)
+    with torch.no_grad():
+        model.linear.weight.fill_(2.0)  # later training changes the live weights in place
+    trainer.current_epoch, trainer.callback_metrics = 1, {"val/loss": torch.tensor(0.6)}
+    callback.on_validation_end(trainer, model)
+    callback.on_train_end(trainer, model)
+    assert callback.best_epoch == 0
+    assert torch.equal(model.linear.weight, torch.ones(1, 784))
+
+
+def test_state_round_trips_through_state_dict() -> None:
+    callback, _ = _feed([5.0, 4.0, 4.5])
+    restored = ValidationLossEarlyStopping()
+    restored.load_state_dict(callback.state_dict())
+    assert restored.history == callback.history
+    assert (restored.best_epoch, restored.best_loss) == (1, 4.0)
+    assert all(torch.equal(restored.best_state[k], v) for k, v in callback.best_state.items())
+
+
+def test_bad_patience_is_refused() -> None:
+    with pytest.raises(ValueError, match="patience must be an integer >= 1, got 0"):
+        ValidationLossEarlyStopping(patience=0)
+
+
+# --- Early stopping and resume in real runs -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def early_stopped_run(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> Path:
+    root = tmp_path_factory.mktemp("early")
+    done = run_train(*EARLY_STOP_ARGS, root=root, mnist=mnist_root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root
+
+
+def _stopping_state(checkpoint: dict) -> dict:
+    (state,) = [v for k, v in checkpoint["callbacks"].items() if k.startswith("ValidationLoss")]
+    return state
+
+
+def test_real_run_stops_early_and_restores_the_best_not_the_last_weights(
+    early_stopped_run: Path, mnist_root: Path
+) -> None:
+    from mnist_linear.data import MNISTSubsetDataModule
+
+    results = read_results(early_stopped_run)
+    checkpoint = torch.load(
+        run_dir(early_stopped_run) / "checkpoints" / "last.ckpt", weights_only=True
+    )
+    state = _stopping_state(checkpoint)
+    history = state["history"]
+    assert "rose 3 epochs in a row" in results["stop_reason"]
+    assert results["stopped_epoch"] == len(history) - 1 < 99
+    assert history[-4] < history[-3] < history[-2] < history[-1]
+    assert results["best_epoch"] == history.index(min(history)) < results["stopped_epoch"]
+    best, last = state["best_state"], checkpoint["state_dict"]
+    assert not torch.equal(best["linear.weight"], last["linear.weight"])
+    data = MNISTSubsetDataModule(data_dir=str(mnist_root), classes=[2, 3], train_size=2000)
+    data.setup()
+    x, y = data.val_set.tensors
+    for weights, expected_equal in ((best, True), (last, False)):
+        model = LinearClassifier(2, learning_rate=1.0)
+        model.load_state_dict({k: v for k, v in weights.items() if k.startswith("linear.")})
+        loss = torch.nn.functional.binary_cross_entropy(model(x), y.float()).item()
+        assert (loss == pytest.approx(results["val/loss"], rel=1e-5)) is expected_equal
+
+
+def test_resume_equals_uninterrupted_run(
+    early_stopped_run: Path, mnist_root: Path, tmp_path: Path
+) -> None:
+    first = run_train(*EARLY_STOP_ARGS, "--trainer.max_epochs=5", root=tmp_path, mnist=mnist_root)
+    assert first.returncode == 0, first.stderr[-3000:]
+    interrupted = run_dir(tmp_path)
+    resumed = run_train(
+        *EARLY_STOP_ARGS,
+        f"--ckpt_path={interrupted / 'checkpoints' / 'last.ckpt'}",
+        root=tmp_path,
+        mnist=mnist_root,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    (resumed_dir,) = [
+        p for p in (tmp_path / "lightning_logs").glob("version_*") if p != interrupted
+    ]
+    whole = run_dir(early_stopped_run)
+    a = torch.load(whole / "checkpoints" / "last.ckpt", weights_only=True)
+    b = torch.load(resumed_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert a["global_step"] == b["global_step"]
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    assert _stopping_state(a)["history"] == _stopping_state(b)["history"]
+    expected = read_results(early_stopped_run)
+    got = json.loads((resumed_dir / "results.json").read_text())
+    for key in expected:
+        if key != "seconds":
+            assert got[key] == expected[key], key
+
+
+def test_resuming_a_run_that_stopped_early_stays_stopped(
+    early_stopped_run: Path, mnist_root: Path, tmp_path: Path
+) -> None:
+    last = run_dir(early_stopped_run) / "checkpoints" / "last.ckpt"
+    done = run_train(*EARLY_STOP_ARGS, f"--ckpt_path={last}", root=tmp_path, mnist=mnist_root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results, expected = read_results(tmp_path), read_results(early_stopped_run)
+    assert results["global_step"] == expected["global_step"]
+    assert results["val/loss"] == expected["val/loss"]
+
+
+# --- WeightImageLogger --------------------------------------------------------------------
+
+
+def test_weight_tiles_are_28_by_28_and_scaled_to_unit_range_each() -> None:
+    weight = torch.randn(10, 784) * torch.arange(1, 11)[:, None]
+    tiles = weight_tiles(weight)
+    assert tiles.shape == (10, 1, 28, 28)
+    assert torch.allclose(tiles.amin(dim=(1, 2, 3)), torch.zeros(10))
+    assert torch.allclose(tiles.amax(dim=(1, 2, 3)), torch.ones(10))
+    assert torch.equal(weight_tiles(torch.zeros(1, 784)), torch.zeros(1, 1, 28, 28))
+
+
+def _images(folder: Path, tag: str) -> list[torch.Tensor]:
+    (path,) = folder.glob("events.out.tfevents.*")
+    accumulator = EventAccumulator(str(path), size_guidance={"images": 0})
+    accumulator.Reload()
+    decoded = [Image.open(io.BytesIO(e.encoded_image_string)) for e in accumulator.Images(tag)]
+    return [torch.from_numpy(np.asarray(image.convert("L"))) for image in decoded]
+
+
+def test_images_of_a_real_run(logistic_run: Path) -> None:
+    folder = run_dir(logistic_run)
+    weights = _images(folder, "weights")
+    assert len(weights) == 3 + 1  # every epoch end, then the restored best weights
+    assert all(
+        image.shape[-2:] == (28, 28) and image.max() == 255 and image.min() == 0
+        for image in weights
+    )
+    (means,) = _images(folder, "class_means")
+    assert means.shape[-2:] == (28 + 2 * 2, 2 * 28 + 3 * 2)
+    (figure,) = _images(folder, "weights_vs_means")
+    assert figure.shape[-2:] == (2 * 28 + 3 * 2, 2 * 28 + 3 * 2)
+
+
+def test_weight_images_are_a_quiet_no_op_without_tensorboard() -> None:
+    trainer = _trainer(loggers=[], callbacks=[], datamodule=None, global_step=0)
+    callback = WeightImageLogger()
+    model = LinearClassifier(10, learning_rate=0.1)
+    callback.on_train_start(trainer, model)
+    callback.on_train_epoch_end(trainer, model)
+    callback.on_train_end(trainer, model)
