@@ -285,7 +285,7 @@ def _images(folder: Path, tag: str) -> list[torch.Tensor]:
     accumulator = EventAccumulator(str(path), size_guidance={"images": 0})
     accumulator.Reload()
     decoded = [Image.open(io.BytesIO(e.encoded_image_string)) for e in accumulator.Images(tag)]
-    return [torch.from_numpy(np.asarray(image.convert("L"))) for image in decoded]
+    return [torch.from_numpy(np.array(image.convert("L"))) for image in decoded]
 
 
 def test_images_of_a_real_run(logistic_run: Path) -> None:

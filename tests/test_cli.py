@@ -26,7 +26,7 @@ SCALAR_TAGS = {
 }
 RESULT_KEYS = {
     "train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc",
-    "best_epoch", "stopped_epoch", "stop_reason", "global_step", "seconds",
+    "weight_norm", "best_epoch", "stopped_epoch", "stop_reason", "global_step", "seconds",
 }  # fmt: skip
 
 

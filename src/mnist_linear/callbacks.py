@@ -19,7 +19,7 @@ class LearningRateAnnealing(L.Callback):
     lr0 is each parameter group's configured rate, kept as ``initial_lr`` in the group
     as PyTorch's schedulers do, so it travels in the optimiser's checkpoint. t is
     ``trainer.global_step``, so the rate is right after a resume without any state of
-    its own. The rate is logged as ``lr``.
+    its own. The rate of the last step is logged as ``lr`` at every evaluation.
 
     Args:
         T: Steps after which the rate has halved; ``None`` keeps the rate constant.
@@ -37,13 +37,16 @@ class LearningRateAnnealing(L.Callback):
     def on_train_batch_start(
         self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
     ) -> None:
-        lr = None
         for optimizer in trainer.optimizers:
             for group in optimizer.param_groups:
                 lr0 = group.setdefault("initial_lr", group["lr"])
-                group["lr"] = lr = self.rate(lr0, trainer.global_step)
-        if lr is not None:
-            pl_module.log("lr", lr, on_step=True, on_epoch=False, batch_size=1)
+                group["lr"] = self.rate(lr0, trainer.global_step)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Logged at the evaluation points, next to the metrics: self.log on every step
+        # would cost more than the step itself.
+        if trainer.optimizers:
+            pl_module.log("lr", trainer.optimizers[0].param_groups[0]["lr"])
 
 
 def _is_rise(values: list[float]) -> bool:

@@ -13,6 +13,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -31,7 +32,10 @@ from mnist_linear.mnist_files import MNISTFilesError
 from mnist_linear.model import STAGES, LinearClassifier
 
 USAGE_ERROR = 2
-RESULT_KEYS = tuple(f"{stage}/{metric}" for stage in STAGES for metric in ("loss", "acc"))
+RESULT_KEYS = (
+    *(f"{stage}/{metric}" for stage in STAGES for metric in ("loss", "acc")),
+    "weight_norm",
+)
 
 
 class UsageError(Exception):
@@ -201,6 +205,12 @@ def main(args: Sequence[str] | None = None) -> None:
     """Entry point of ``train.py``."""
     # The seed is part of the saved config.yaml; its "Seed set" line would precede any error.
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
+    # Lightning prints an advertisement for a cloud logger on every run; this project is offline.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: not str(record.msg).startswith("💡 Tip")
+    )
+    # Lightning 2.6 calls a torch pytree API that torch 2.14 deprecates, on every run.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     try:
         cli = MNISTLinearCLI(
             LinearClassifier,
