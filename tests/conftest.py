@@ -81,3 +81,21 @@ def logistic_run(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> 
     )
     assert done.returncode == 0, done.stderr[-3000:]
     return root
+
+
+@pytest.fixture(scope="session")
+def sweep_root(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> Path:
+    """``python -m mnist_linear.sweep`` with λ = 0 and 0.01 on a small task: its output root."""
+    root = tmp_path_factory.mktemp("sweep")
+    command = [
+        sys.executable, "-m", "mnist_linear.sweep",
+        f"--root_dir={root}",
+        "--lambdas", "0", "0.01",
+        f"--data.data_dir={mnist_root}",
+        "--data.train_size=2000",
+        "--trainer.max_epochs=2",
+        "--trainer.enable_progress_bar=false",
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return root

@@ -17,18 +17,8 @@ def _sweep(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.slow
-def test_each_lambda_is_its_own_run_named_by_it(tmp_path: Path, mnist_root: Path) -> None:
-    done = _sweep(
-        f"--root_dir={tmp_path}",
-        "--lambdas", "0", "0.01",
-        f"--data.data_dir={mnist_root}",
-        "--data.train_size=2000",
-        "--trainer.max_epochs=1",
-        "--trainer.enable_progress_bar=false",
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    runs = tmp_path / "lightning_logs" / "logistic_l2"
+def test_each_lambda_is_its_own_run_named_by_it(sweep_root: Path) -> None:
+    runs = sweep_root / "lightning_logs" / "logistic_l2"
     assert sorted(p.name for p in runs.iterdir()) == ["lambda=0", "lambda=0.01"]
     for folder in runs.iterdir():
         config = yaml.safe_load((folder / "config.yaml").read_text())
