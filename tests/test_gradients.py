@@ -9,7 +9,14 @@ import torch
 import torch.nn.functional as F
 
 from mnist_linear.data import MNISTSubsetDataModule
-from mnist_linear.gradients import LinearCrossEntropy, linear_cross_entropy
+from mnist_linear.gradients import (
+    LinearCrossEntropy,
+    cross_entropy,
+    cross_entropy_terms,
+    linear_cross_entropy,
+    logits,
+    probabilities,
+)
 
 LAMBDAS = [0.0, 0.01]
 MODELS = ["logistic", "softmax"]
@@ -153,3 +160,16 @@ def test_custom_function_is_the_node_autograd_calls(images) -> None:
     assert len(calls) == 1 and float(calls[0]) == 3.0
     reference = torch.autograd.grad(3.0 * _reference_loss(x, y, weight, bias, 0.0), weight)[0]
     torch.testing.assert_close(weight.grad, reference)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_evaluation_loss_is_the_cross_entropy_without_l2(images, model: str) -> None:
+    x, y = images[model]
+    weight, bias = _parameters(model, scale=0.5)
+    z = logits(x, weight.detach(), bias.detach())
+    expected = _reference_loss(x, y, weight.detach(), bias.detach(), 0.0)
+    torch.testing.assert_close(cross_entropy(z, y).mean(), expected, rtol=1e-12, atol=1e-12)
+    loss, error = cross_entropy_terms(z, y)
+    torch.testing.assert_close(loss, cross_entropy(z, y), rtol=1e-12, atol=1e-12)
+    targets = F.one_hot(y, 10).double() if model == "softmax" else y.double()[:, None]
+    torch.testing.assert_close(error, probabilities(z).reshape(error.shape) - targets)

