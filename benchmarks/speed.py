@@ -61,6 +61,7 @@ def lightning_breakdown(data_dir: str, epochs: int) -> dict[str, float]:
                 "--trainer.enable_progress_bar=false",
             ],
             auto_configure_optimizers=False,
+            parser_kwargs={"exit_on_error": False},
         )
         clock = Clock()
         cli.trainer.callbacks.insert(0, clock)
@@ -110,6 +111,7 @@ def main() -> None:
         ]
     )
     numpy_run, torch_run = json.loads(b_out), json.loads(c_out)
+    sys.argv = sys.argv[:1]  # the in-process CLI below takes its arguments from args=
     breakdown = lightning_breakdown(args.data_dir, args.breakdown_epochs)
     report = {
         "epochs": epochs,

@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 import lightning as L
 from jsonargparse import ArgumentError
 from lightning.fabric.utilities.exceptions import MisconfigurationException
+from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
@@ -120,6 +121,10 @@ class MNISTLinearCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """The Trainer, logging to TensorBoard under ``default_root_dir`` unless told otherwise."""
         trainer_config = self.config_init.get("trainer", {})
+        if trainer_config.get("enable_progress_bar") is False and trainer_config.get("callbacks"):
+            # The configs tune the bar's refresh rate; turning the bar off removes it.
+            callbacks = trainer_config["callbacks"]
+            trainer_config["callbacks"] = [c for c in callbacks if not isinstance(c, ProgressBar)]
         if trainer_config.get("logger") in (None, True):
             save_dir = trainer_config.get("default_root_dir") or os.getcwd()
             kwargs["logger"] = TensorBoardLogger(
