@@ -8,6 +8,8 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from torchvision.utils import make_grid
@@ -252,3 +254,25 @@ class WeightImageLogger(L.Callback):
             tiles = torch.cat([mean_tiles(means, len(means) == 2), weight_tiles(weight)])
             grid = self._grid(tiles, len(means))
             writer.add_image("weights_vs_means", grid, trainer.global_step)
+
+
+class TrainingProgressBar(TQDMProgressBar):
+    """Lightning's TQDM bar over the training steps, with no bar of its own per evaluation.
+
+    The ten evaluations of an epoch take milliseconds each; a bar for each one would
+    print thirty lines an epoch and cost more than the evaluation. Their metrics still
+    appear on the training bar. ``trainer.validate`` keeps its bar.
+
+    Args:
+        refresh_rate: Steps between redraws of the bar; 0 hides it.
+    """
+
+    def __init__(self, refresh_rate: int = 50) -> None:
+        if isinstance(refresh_rate, bool) or not isinstance(refresh_rate, int) or refresh_rate < 0:
+            raise ValueError(f"refresh_rate must be an integer >= 0, got {refresh_rate!r}")
+        super().__init__(refresh_rate=refresh_rate)
+
+    def init_validation_tqdm(self) -> Tqdm:
+        if self.trainer.state.fn == "fit":
+            return Tqdm(disable=True)
+        return super().init_validation_tqdm()
