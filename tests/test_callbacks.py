@@ -309,3 +309,14 @@ def test_weight_images_are_a_quiet_no_op_without_tensorboard() -> None:
     callback.on_train_start(trainer, model)
     callback.on_train_epoch_end(trainer, model)
     callback.on_train_end(trainer, model)
+
+
+def test_progress_bar_draws_no_bar_per_evaluation_while_fitting() -> None:
+    from mnist_linear.callbacks import TrainingProgressBar
+
+    bar = TrainingProgressBar(refresh_rate=50)
+    bar._trainer = SimpleNamespace(state=SimpleNamespace(fn="fit"))
+    assert bar.init_validation_tqdm().disable
+    assert bar.refresh_rate == 50
+    with pytest.raises(ValueError, match="refresh_rate must be an integer >= 0, got -1"):
+        TrainingProgressBar(refresh_rate=-1)
