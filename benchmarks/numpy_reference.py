@@ -12,13 +12,12 @@ evaluations.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 
 START = time.perf_counter()
 
 import numpy as np  # noqa: E402
+from loop import parse_args, train  # noqa: E402
 
 
 def read_idx(path: str, offset: int) -> np.ndarray:
@@ -65,49 +64,21 @@ def evaluate(w: np.ndarray, x: np.ndarray, targets: np.ndarray) -> tuple[float, 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--data_dir", default="data")
-    parser.add_argument("--epochs", type=int, required=True)
-    parser.add_argument("--learning_rate", type=float, default=0.2)
-    parser.add_argument("--T", type=float, default=1000)
-    parser.add_argument("--batch_size", type=int, default=40)
-    args = parser.parse_args()
-
+    args = parse_args(__doc__.split("\n\n")[0])
     splits = {name: (x, np.eye(10)[y]) for name, (x, y) in load(args.data_dir).items()}
     x_train, targets = splits["train"]
     w = np.zeros((785, 10))
     rng = np.random.default_rng(42)
-    steps_per_epoch = len(x_train) // args.batch_size
-    evaluate_every = steps_per_epoch // 10
-    step, step_seconds, eval_seconds, evaluations = 0, 0.0, 0.0, 0
-    history = []
-    for _ in range(args.epochs):
-        order = rng.permutation(len(x_train))
-        for i in range(steps_per_epoch):
-            started = time.perf_counter()
-            batch = order[i * args.batch_size : (i + 1) * args.batch_size]
-            x, t = x_train[batch], targets[batch]
-            gradient = x.T @ (forward(x, w) - t) / len(batch)
-            w -= args.learning_rate / (1 + step / args.T) * gradient
-            step += 1
-            step_seconds += time.perf_counter() - started
-            if (i + 1) % evaluate_every == 0:
-                started = time.perf_counter()
-                history.append({name: evaluate(w, *split) for name, split in splits.items()})
-                evaluations += 1
-                eval_seconds += time.perf_counter() - started
-    print(
-        json.dumps(
-            {
-                "steps": step,
-                "evaluations": evaluations,
-                "step_seconds": step_seconds,
-                "eval_seconds": eval_seconds,
-                "val_acc": history[-1]["val"][1],
-                "seconds": time.perf_counter() - START,
-            }
-        )
-    )
+
+    def step(batch: np.ndarray, lr: float) -> None:
+        x, t = x_train[batch], targets[batch]
+        w[...] -= lr * (x.T @ (forward(x, w) - t) / len(batch))
+
+    def evaluate_all() -> float:
+        history = {name: evaluate(w, *split) for name, split in splits.items()}
+        return history["val"][1]
+
+    train(args, len(x_train), lambda: rng.permutation(len(x_train)), step, evaluate_all, START)
 
 
 if __name__ == "__main__":

@@ -10,13 +10,12 @@ for a fixed number of epochs. Prints one JSON line of timings.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 
 START = time.perf_counter()
 
 import torch  # noqa: E402
+from loop import parse_args, train  # noqa: E402
 
 from mnist_linear.gradients import cross_entropy, linear_cross_entropy, logits  # noqa: E402
 
@@ -46,14 +45,7 @@ def evaluate(layer: torch.nn.Linear, x: torch.Tensor, y: torch.Tensor) -> tuple[
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--data_dir", default="data")
-    parser.add_argument("--epochs", type=int, required=True)
-    parser.add_argument("--learning_rate", type=float, default=0.2)
-    parser.add_argument("--T", type=float, default=1000)
-    parser.add_argument("--batch_size", type=int, default=40)
-    args = parser.parse_args()
-
+    args = parse_args(__doc__.split("\n\n")[0])
     splits = load(args.data_dir)
     x_train, y_train = splits["train"]
     layer = torch.nn.Linear(784, 10)
@@ -61,39 +53,25 @@ def main() -> None:
     torch.nn.init.zeros_(layer.bias)
     optimizer = torch.optim.SGD(layer.parameters(), lr=args.learning_rate)
     generator = torch.Generator().manual_seed(42)
-    steps_per_epoch = len(x_train) // args.batch_size
-    evaluate_every = steps_per_epoch // 10
-    step, step_seconds, eval_seconds, evaluations = 0, 0.0, 0.0, 0
-    history = []
-    for _ in range(args.epochs):
-        order = torch.randperm(len(x_train), generator=generator)
-        for i in range(steps_per_epoch):
-            started = time.perf_counter()
-            batch = order[i * args.batch_size : (i + 1) * args.batch_size]
-            for group in optimizer.param_groups:
-                group["lr"] = args.learning_rate / (1 + step / args.T)
-            optimizer.zero_grad()
-            loss = linear_cross_entropy(x_train[batch], y_train[batch], layer.weight, layer.bias)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            step_seconds += time.perf_counter() - started
-            if (i + 1) % evaluate_every == 0:
-                started = time.perf_counter()
-                history.append({name: evaluate(layer, *split) for name, split in splits.items()})
-                evaluations += 1
-                eval_seconds += time.perf_counter() - started
-    print(
-        json.dumps(
-            {
-                "steps": step,
-                "evaluations": evaluations,
-                "step_seconds": step_seconds,
-                "eval_seconds": eval_seconds,
-                "val_acc": history[-1]["val"][1],
-                "seconds": time.perf_counter() - START,
-            }
-        )
+
+    def step(batch: torch.Tensor, lr: float) -> None:
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        optimizer.zero_grad()
+        linear_cross_entropy(x_train[batch], y_train[batch], layer.weight, layer.bias).backward()
+        optimizer.step()
+
+    def evaluate_all() -> float:
+        history = {name: evaluate(layer, *split) for name, split in splits.items()}
+        return history["val"][1]
+
+    train(
+        args,
+        len(x_train),
+        lambda: torch.randperm(len(x_train), generator=generator),
+        step,
+        evaluate_all,
+        START,
     )
 
 

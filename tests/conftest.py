@@ -15,6 +15,17 @@ from mnist_linear.mnist_files import ensure_mnist
 
 REPO = Path(__file__).resolve().parents[1]
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
+SCALAR_TAGS = {
+    "train/loss",
+    "train/acc",
+    "val/loss",
+    "val/acc",
+    "test/loss",
+    "test/acc",
+    "weight_norm",
+    "lr",
+}
+IMAGE_TAGS = {"weights", "class_means", "weights_vs_means"}
 
 
 @pytest.fixture(autouse=True)

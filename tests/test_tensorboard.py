@@ -13,19 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import run_dir
-
-SCALARS = {
-    "train/loss",
-    "train/acc",
-    "val/loss",
-    "val/acc",
-    "test/loss",
-    "test/acc",
-    "weight_norm",
-    "lr",
-}
-IMAGES = {"weights", "class_means", "weights_vs_means"}
+from conftest import IMAGE_TAGS, SCALAR_TAGS, run_dir
 
 
 def _get(url: str) -> object:
@@ -65,8 +53,8 @@ def test_tensorboard_server_serves_the_scalar_and_image_tags(logistic_run: Path)
             scalars = _get(f"{base}/scalars/tags").get("version_0", {})
             images = _get(f"{base}/images/tags").get("version_0", {})
             time.sleep(0.5)
-        assert set(scalars) >= SCALARS
-        assert set(images) >= IMAGES
+        assert set(scalars) >= SCALAR_TAGS
+        assert set(images) >= IMAGE_TAGS
         assert "hp_metric" not in scalars
         series = _get(f"{base}/scalars/scalars?run=version_0&tag=val%2Facc")
         assert len(series) == 30 and all(0.9 < value <= 1 for _, _, value in series)
