@@ -6,15 +6,11 @@ import pytest
 import torch
 from torch.utils.data import DistributedSampler, TensorDataset
 
-from mnist_linear.samplers import ShardSampler, SplitsDataset, StepPartitionSampler
+from mnist_linear.samplers import ShardSampler, StepPartitionSampler
 
 
 def _dataset(n: int) -> TensorDataset:
     return TensorDataset(torch.arange(n))
-
-
-def _pairs(n: int) -> TensorDataset:
-    return TensorDataset(torch.arange(n).float(), torch.arange(n))
 
 
 @pytest.mark.parametrize("shuffle", [True, False])
@@ -38,7 +34,7 @@ def test_union_of_process_batches_is_the_single_process_batch(shuffle: bool, wor
 
 def test_samplers_are_distributed_samplers_so_lightning_keeps_them() -> None:
     assert isinstance(StepPartitionSampler(_dataset(10), 2), DistributedSampler)
-    assert isinstance(ShardSampler(SplitsDataset([_pairs(10)]), 4), DistributedSampler)
+    assert isinstance(ShardSampler(_dataset(10), 4), DistributedSampler)
 
 
 def test_last_partial_batch_is_dropped() -> None:
@@ -52,31 +48,11 @@ def test_last_partial_batch_is_dropped() -> None:
     "n, world, chunk", [(4005, 1, 20000), (4005, 2, 20000), (2000, 3, 300), (5, 4, 1)]
 )
 def test_shards_cover_the_split_once_with_equal_step_counts(n: int, world: int, chunk: int) -> None:
-    dataset = SplitsDataset([_pairs(n)])
-    samplers = [ShardSampler(dataset, chunk, world, r) for r in range(world)]
+    samplers = [ShardSampler(_dataset(n), chunk, world, r) for r in range(world)]
     assert len({len(s) for s in samplers}) == 1
-    covered = [i for s in samplers for _, piece in s for i in range(n)[piece]]
+    covered = [i for s in samplers for piece in s for i in range(n)[piece]]
     assert covered == list(range(n))
-    assert all(piece.stop - piece.start <= chunk for s in samplers for _, piece in s)
-
-
-def test_one_loader_serves_every_split_once_with_its_tag() -> None:
-    dataset = SplitsDataset([_pairs(7), _pairs(3), _pairs(5)])
-    for world in (1, 2):
-        seen: dict[int, list[int]] = {0: [], 1: [], 2: []}
-        for rank in range(world):
-            sampler = ShardSampler(dataset, 4, world, rank)
-            tags = [k for k, _ in sampler]
-            assert tags == sorted(tags)
-            for index in sampler:
-                x, y, k = dataset[index]
-                assert torch.equal(x, y.float()) and k == index[0]
-                seen[k] += y.tolist()
-        assert {k: sorted(v) for k, v in seen.items()} == {
-            0: list(range(7)),
-            1: [0, 1, 2],
-            2: list(range(5)),
-        }
+    assert all(piece.stop - piece.start <= chunk for s in samplers for piece in s)
 
 
 def test_order_is_drawn_at_the_first_batch_not_when_the_iterator_is_made() -> None:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import lightning as L
 import torch
 import torchvision
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
 from mnist_linear.mnist_files import ensure_mnist
-from mnist_linear.samplers import ShardSampler, SplitsDataset, StepPartitionSampler
+from mnist_linear.samplers import ShardSampler, StepPartitionSampler
 
 MNIST_TRAIN_SIZE = 60000
 MNIST_TEST_SIZE = 10000
@@ -150,7 +150,7 @@ class MNISTSubsetDataModule(L.LightningDataModule):
             return 1, 0
         return trainer.world_size, trainer.global_rank
 
-    def _loader(self, dataset: Dataset, sampler: torch.utils.data.Sampler) -> DataLoader:
+    def _loader(self, dataset: TensorDataset, sampler: torch.utils.data.Sampler) -> DataLoader:
         return DataLoader(dataset, sampler=sampler, batch_size=None)
 
     def train_dataloader(self) -> DataLoader:
@@ -161,20 +161,13 @@ class MNISTSubsetDataModule(L.LightningDataModule):
         )
         return self._loader(self.train_set, sampler)
 
-    def _eval_loader(self, *splits: TensorDataset) -> DataLoader:
+    def _eval_loader(self, dataset: TensorDataset) -> DataLoader:
         num_replicas, rank = self._replicas()
-        dataset = SplitsDataset(splits)
         return self._loader(dataset, ShardSampler(dataset, EVAL_CHUNK_SIZE, num_replicas, rank))
 
-    def val_dataloader(self) -> DataLoader:
-        """One loader over the whole training split, validation and test, in that order.
-
-        Each batch is ``(x, y, k)`` with ``k`` the split: 0 training, 1 validation, 2 test.
-        One loader rather than three spares Lightning's per-loader work at each of the
-        ten evaluations per epoch.
-        """
-        return self._eval_loader(self.train_set, self.val_set, self.test_set)
+    def val_dataloader(self) -> list[DataLoader]:
+        """Three loaders, in this order: the whole training split, validation, test."""
+        return [self._eval_loader(s) for s in (self.train_set, self.val_set, self.test_set)]
 
     def test_dataloader(self) -> DataLoader:
-        """The test split, as ``(x, y, 0)`` batches."""
         return self._eval_loader(self.test_set)

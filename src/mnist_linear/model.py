@@ -21,8 +21,8 @@ class LinearClassifier(L.LightningModule):
     ``l2_lambda * ||W||^2`` (the bias is not regularised); its gradient is the
     hand-derived one of :class:`~mnist_linear.gradients.LinearCrossEntropy`.
     Evaluation reports the cross-entropy without the L2 term and the accuracy on the
-    three splits that the data module's ``val_dataloader`` serves, each batch tagged
-    with its split (0 training, 1 validation, 2 test), as ``train/loss`` ... ``test/acc``.
+    three splits that the data module's ``val_dataloader`` serves, in the order
+    training, validation, test, as ``train/loss`` ... ``test/acc``.
 
     Args:
         num_classes: 2 for logistic regression, 3 to 10 for softmax regression.
@@ -61,7 +61,7 @@ class LinearClassifier(L.LightningModule):
         self.linear = nn.Linear(NUM_FEATURES, 1 if num_classes == 2 else num_classes)
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
-        # One metric of each kind per split, indexed like STAGES and the split tags.
+        # One metric of each kind per split, indexed like STAGES and the validation loaders.
         # Accuracy is the mean of each image's 0/1 correctness: the number torchmetrics'
         # micro Accuracy gives, at an eighth of its cost on the 20,000 training images.
         self.losses = nn.ModuleList([MeanMetric() for _ in STAGES])
@@ -93,34 +93,27 @@ class LinearClassifier(L.LightningModule):
     def _labels(self, z: torch.Tensor) -> torch.Tensor:
         return (z[:, 0] >= 0).long() if self.binary else z.argmax(dim=1)
 
-    def transfer_batch_to_device(
-        self, batch: list, device: torch.device, dataloader_idx: int
-    ) -> list:
-        # Batches are [x, y] or [x, y, split]; moving the tensors directly skips
-        # Lightning's generic collection walk, which costs more than this model's forward.
-        return [
-            t.to(device, non_blocking=True) if isinstance(t, torch.Tensor) else t for t in batch
-        ]
-
-    def training_step(self, batch: list[torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+    ) -> torch.Tensor:
         x, y = batch
-        weight, bias = self.linear.weight, self.linear.bias
-        return linear_cross_entropy(x, y, weight, bias, self.hparams.l2_lambda)
+        return linear_cross_entropy(
+            x, y, self.linear.weight, self.linear.bias, self.hparams.l2_lambda
+        )
 
-    def _evaluate(self, x: torch.Tensor, y: torch.Tensor, split: int) -> None:
+    def validation_step(
+        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        stage = STAGES[dataloader_idx]
+        x, y = batch
         z = self.logits(x)
-        self.losses[split].update(cross_entropy(z, y))
-        self.accuracies[split].update((self._labels(z) == y).float())
-        self.log(f"{STAGES[split]}/loss", self.losses[split])
-        self.log(f"{STAGES[split]}/acc", self.accuracies[split])
+        self.losses[dataloader_idx].update(cross_entropy(z, y))
+        self.accuracies[dataloader_idx].update((self._labels(z) == y).float())
+        self.log(f"{stage}/loss", self.losses[dataloader_idx], add_dataloader_idx=False)
+        self.log(f"{stage}/acc", self.accuracies[dataloader_idx], add_dataloader_idx=False)
 
-    def validation_step(self, batch: list, batch_idx: int) -> None:
-        """A chunk ``[x, y, split]`` of split 0 (training), 1 (validation) or 2 (test)."""
-        self._evaluate(*batch)
-
-    def test_step(self, batch: list, batch_idx: int) -> None:
-        x, y, _ = batch
-        self._evaluate(x, y, STAGES.index("test"))
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx, dataloader_idx=STAGES.index("test"))
 
     def on_validation_epoch_end(self) -> None:
         self.log("weight_norm", self.linear.weight.detach().norm(), sync_dist=True)

@@ -4,17 +4,17 @@ Both samplers subclass :class:`~torch.utils.data.DistributedSampler`, so that Li
 keeps them as they are under DDP instead of wrapping them in a sampler of its own, and
 both yield one index object per batch: a ``DataLoader(dataset, sampler=s,
 batch_size=None)`` then fetches each batch with a single indexing operation on the
-tensors, without per-item ``__getitem__`` calls or collation.
+``TensorDataset``, without per-item ``__getitem__`` calls or collation.
 """
 
 from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import torch
-from torch.utils.data import Dataset, DistributedSampler, TensorDataset
+from torch.utils.data import Dataset, DistributedSampler
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -77,47 +77,29 @@ class StepPartitionSampler(DistributedSampler):
         yield from mine.unbind(0)
 
 
-class SplitsDataset(Dataset):
-    """Several splits side by side: item ``(k, rows)`` is ``(x_k[rows], y_k[rows], k)``."""
-
-    def __init__(self, splits: Sequence[TensorDataset]) -> None:
-        self.splits = list(splits)
-
-    def __len__(self) -> int:
-        return sum(len(split) for split in self.splits)
-
-    def __getitem__(self, index: tuple[int, slice]) -> tuple[torch.Tensor, torch.Tensor, int]:
-        k, rows = index
-        x, y = self.splits[k].tensors
-        return x[rows], y[rows], k
-
-
 class ShardSampler(DistributedSampler):
-    """Evaluation batches of a :class:`SplitsDataset`: each split in turn, nothing repeated.
+    """Evaluation batches: one contiguous slice of the split per process, nothing repeated.
 
-    Of every split of n images, process ``rank`` of ``num_replicas`` gets the images
-    ``rank*n//R`` to ``(rank+1)*n//R``, so the shards add up to the split exactly and
-    metrics summed over the processes count every image once. Each shard is cut into
-    the same number of chunks of at most ``chunk_size`` images on every process, so
-    that all processes run the same number of evaluation steps. The sampler yields
-    ``(split, slice)`` pairs; slices index a tensor without copying it.
+    Process ``rank`` of ``num_replicas`` gets the images ``rank*n//R`` to
+    ``(rank+1)*n//R``, so the shards add up to the split exactly and metrics summed
+    over the processes count every image once. Each shard is cut into the same number
+    of chunks of at most ``chunk_size`` images on every process, so that all processes
+    run the same number of evaluation steps. Slices index a tensor without copying it.
     """
 
     def __init__(
-        self, dataset: SplitsDataset, chunk_size: int, num_replicas: int = 1, rank: int = 0
+        self, dataset: Dataset, chunk_size: int, num_replicas: int = 1, rank: int = 0
     ) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
-        self.pieces = []
-        for k, split in enumerate(dataset.splits):
-            n = len(split)
-            start, stop = rank * n // num_replicas, (rank + 1) * n // num_replicas
-            largest_shard = -(-n // num_replicas)
-            chunks = max(1, -(-largest_shard // chunk_size))
-            bounds = [start + j * (stop - start) // chunks for j in range(chunks + 1)]
-            self.pieces += [(k, slice(a, b)) for a, b in itertools.pairwise(bounds)]
+        n = len(dataset)
+        start, stop = rank * n // num_replicas, (rank + 1) * n // num_replicas
+        largest_shard = -(-n // num_replicas)
+        chunks = max(1, -(-largest_shard // chunk_size))
+        bounds = [start + j * (stop - start) // chunks for j in range(chunks + 1)]
+        self.slices = [slice(a, b) for a, b in itertools.pairwise(bounds)]
 
     def __len__(self) -> int:
-        return len(self.pieces)
+        return len(self.slices)
 
-    def __iter__(self) -> Iterator[tuple[int, slice]]:
-        return iter(self.pieces)
+    def __iter__(self) -> Iterator[slice]:
+        return iter(self.slices)
