@@ -48,7 +48,7 @@ class LearningRateAnnealing(L.Callback):
         # Logged at the evaluation points, next to the metrics: self.log on every step
         # would cost more than the step itself.
         if trainer.optimizers:
-            pl_module.log("lr", trainer.optimizers[0].param_groups[0]["lr"])
+            pl_module.log("lr", trainer.optimizers[0].param_groups[0]["lr"], sync_dist=True)
 
 
 def _is_rise(values: list[float]) -> bool:
