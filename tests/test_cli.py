@@ -142,6 +142,20 @@ def test_bad_input_is_one_line_and_exit_code_2(
     assert captured.err.startswith(expected), captured.err
 
 
+def test_batch_larger_than_the_two_digit_split_is_one_line_and_exit_code_2(
+    tmp_path: Path, mnist_root: Path
+) -> None:
+    done = run_train(
+        "--config=configs/logistic.yaml", "--data.batch_size=5000", root=tmp_path, mnist=mnist_root
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: --data.batch_size must be at most 4005 for a training split of 4005 images "
+        "on 1 process(es), got 5000"
+    )
+    assert "Traceback" not in done.stderr
+
+
 def test_missing_config_file_from_the_command_line(tmp_path: Path) -> None:
     done = run_train("--config=configs/nope.yaml", root=tmp_path, mnist=tmp_path)
     assert done.returncode == 2

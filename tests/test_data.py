@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchvision
 
-from mnist_linear.data import MNISTSubsetDataModule
+from mnist_linear.data import MNISTSubsetDataModule, SplitTooSmallError
 
 
 @pytest.fixture(scope="module")
@@ -161,3 +161,13 @@ def test_val_loaders_serve_train_val_test_whole(all_digits) -> None:
 def test_bad_arguments_are_refused_at_construction(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         MNISTSubsetDataModule(**kwargs)
+
+
+def test_batch_larger_than_the_filtered_training_split_is_refused_at_setup(
+    mnist_root: Path,
+) -> None:
+    dm = MNISTSubsetDataModule(data_dir=str(mnist_root), classes=[2, 3], batch_size=5000)
+    with pytest.raises(
+        SplitTooSmallError, match=r"batch_size must be at most 4005 for a training split of 4005"
+    ):
+        dm.setup()

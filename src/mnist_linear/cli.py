@@ -27,7 +27,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from mnist_linear.callbacks import ValidationLossEarlyStopping
-from mnist_linear.data import MNISTSubsetDataModule
+from mnist_linear.data import MNISTSubsetDataModule, SplitTooSmallError
 from mnist_linear.files import atomic_write_text
 from mnist_linear.mnist_files import MNISTFilesError
 from mnist_linear.model import STAGES, LinearClassifier
@@ -231,6 +231,8 @@ def main(args: Sequence[str] | None = None) -> None:
         _fail(str(error), USAGE_ERROR)
     try:
         fit_and_report(cli)
+    except SplitTooSmallError as error:
+        _fail(f"--data.{error}", USAGE_ERROR)
     except MNISTFilesError as error:
         _fail(str(error), 1)
 

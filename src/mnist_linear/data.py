@@ -36,6 +36,10 @@ def _check_classes(classes: object) -> tuple[int, int] | None:
     return classes[0], classes[1]
 
 
+class SplitTooSmallError(ValueError):
+    """The training split, known only once the data is read, is smaller than one step's batch."""
+
+
 class MNISTSubsetDataModule(L.LightningDataModule):
     """MNIST as the assignment splits it, held as tensors.
 
@@ -133,6 +137,12 @@ class MNISTSubsetDataModule(L.LightningDataModule):
         self.test_set = self._subset(test.data[-self.test_size :], test.targets[-self.test_size :])
         x, y = self.train_set.tensors
         self.class_means = torch.stack([x[y == k].mean(dim=0) for k in range(self.num_classes)])
+        num_replicas, _ = self._replicas()
+        if self.batch_size * num_replicas > len(x):
+            raise SplitTooSmallError(
+                f"batch_size must be at most {len(x) // num_replicas} for a training split of "
+                f"{len(x)} images on {num_replicas} process(es), got {self.batch_size}"
+            )
 
     def _subset(self, images: torch.Tensor, digits: torch.Tensor) -> TensorDataset:
         if self.classes is None:
