@@ -54,7 +54,7 @@ def lightning_breakdown(data_dir: str, epochs: int) -> dict[str, float]:
             MNISTSubsetDataModule,
             run=False,
             args=[
-                "--config=configs/softmax.yaml",
+                f"--config={REPO / 'configs' / 'softmax.yaml'}",
                 f"--data.data_dir={data_dir}",
                 f"--trainer.default_root_dir={root}",
                 f"--trainer.max_epochs={epochs}",
