@@ -45,3 +45,11 @@ def test_bad_lambda_is_refused_in_one_line(value: str) -> None:
     assert done.stderr.strip().splitlines() == [
         f"error: argument --lambdas: expected a number >= 0, got '{value}'"
     ]
+
+
+def test_missing_config_is_refused_before_any_training(tmp_path: Path) -> None:
+    done = _sweep("--config=configs/nope.yaml", f"--root_dir={tmp_path}")
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr.strip().splitlines() == ["error: --config: no file at 'configs/nope.yaml'"]
+    assert not (tmp_path / "lightning_logs").exists()

@@ -14,6 +14,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from torchvision.utils import make_grid
 
+from mnist_linear.errors import check_int
+
 
 class LearningRateAnnealing(L.Callback):
     """Set the learning rate before optimiser step t (from 0) to lr0 / (1 + t / T).
@@ -72,9 +74,7 @@ class ValidationLossEarlyStopping(L.Callback):
     """
 
     def __init__(self, patience: int = 3, monitor: str = "val/loss") -> None:
-        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
-            raise ValueError(f"patience must be an integer >= 1, got {patience!r}")
-        self.patience = patience
+        self.patience = check_int("patience", patience, 1)
         self.monitor = monitor
         self.history: list[float] = []
         self.last_epoch: int | None = None
@@ -204,9 +204,7 @@ class WeightImageLogger(L.Callback):
     """
 
     def __init__(self, padding: int = 2) -> None:
-        if isinstance(padding, bool) or not isinstance(padding, int) or padding < 0:
-            raise ValueError(f"padding must be an integer >= 0, got {padding!r}")
-        self.padding = padding
+        self.padding = check_int("padding", padding, 0)
 
     def _grid(self, tiles: torch.Tensor, nrow: int) -> torch.Tensor:
         return make_grid(tiles.cpu(), nrow=nrow, padding=self.padding, pad_value=1.0)
@@ -268,9 +266,7 @@ class TrainingProgressBar(TQDMProgressBar):
     """
 
     def __init__(self, refresh_rate: int = 50) -> None:
-        if isinstance(refresh_rate, bool) or not isinstance(refresh_rate, int) or refresh_rate < 0:
-            raise ValueError(f"refresh_rate must be an integer >= 0, got {refresh_rate!r}")
-        super().__init__(refresh_rate=refresh_rate)
+        super().__init__(refresh_rate=check_int("refresh_rate", refresh_rate, 0))
 
     def init_validation_tqdm(self) -> Tqdm:
         if self.trainer.state.fn == "fit":

@@ -11,12 +11,11 @@ import json
 import logging
 import os
 import re
-import sys
 import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import lightning as L
 from jsonargparse import ArgumentError
@@ -28,11 +27,11 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from mnist_linear.callbacks import ValidationLossEarlyStopping
 from mnist_linear.data import MNISTSubsetDataModule, SplitTooSmallError
+from mnist_linear.errors import USAGE_ERROR, fail
 from mnist_linear.files import atomic_write_text
 from mnist_linear.mnist_files import MNISTFilesError
 from mnist_linear.model import STAGES, LinearClassifier
 
-USAGE_ERROR = 2
 RESULT_KEYS = (
     *(f"{stage}/{metric}" for stage in STAGES for metric in ("loss", "acc")),
     "weight_norm",
@@ -201,11 +200,6 @@ def _write_results(log_dir: str | None, results: dict[str, Any]) -> None:
     )
 
 
-def _fail(message: str, code: int) -> NoReturn:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(code)
-
-
 def main(args: Sequence[str] | None = None) -> None:
     """Entry point of ``train.py``."""
     # The seed is part of the saved config.yaml; its "Seed set" line would precede any error.
@@ -228,13 +222,13 @@ def main(args: Sequence[str] | None = None) -> None:
             parser_kwargs={"exit_on_error": False},
         )
     except UsageError as error:
-        _fail(str(error), USAGE_ERROR)
+        fail(str(error), USAGE_ERROR)
     try:
         fit_and_report(cli)
     except SplitTooSmallError as error:
-        _fail(f"--data.{error}", USAGE_ERROR)
+        fail(f"--data.{error}", USAGE_ERROR)
     except MNISTFilesError as error:
-        _fail(str(error), 1)
+        fail(str(error), 1)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import torch
 import torchvision
 from torch.utils.data import DataLoader, TensorDataset
 
+from mnist_linear.errors import check_int
 from mnist_linear.mnist_files import ensure_mnist
 from mnist_linear.samplers import ShardSampler, StepPartitionSampler
 
@@ -14,11 +15,6 @@ MNIST_TRAIN_SIZE = 60000
 MNIST_TEST_SIZE = 10000
 NUM_FEATURES = 28 * 28
 EVAL_CHUNK_SIZE = 20000
-
-
-def _check_positive(name: str, value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
 def _check_classes(classes: object) -> tuple[int, int] | None:
@@ -79,7 +75,7 @@ class MNISTSubsetDataModule(L.LightningDataModule):
             ("test_size", test_size),
             ("batch_size", batch_size),
         ):
-            _check_positive(name, value)
+            check_int(name, value, 1, allowed="a positive integer")
         if train_size + val_size > MNIST_TRAIN_SIZE:
             raise ValueError(
                 f"train_size + val_size must be at most {MNIST_TRAIN_SIZE}, "
@@ -91,8 +87,7 @@ class MNISTSubsetDataModule(L.LightningDataModule):
             raise ValueError(
                 f"batch_size must be at most train_size ({train_size}), got {batch_size}"
             )
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-            raise ValueError(f"seed must be an integer from 0 to {2**32 - 1}, got {seed!r}")
+        check_int("seed", seed, 0, 2**32 - 1)
         self.save_hyperparameters()
         self.data_dir = data_dir
         self.train_size, self.val_size, self.test_size = train_size, val_size, test_size

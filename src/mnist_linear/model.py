@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
+from mnist_linear.errors import check_int
 from mnist_linear.gradients import cross_entropy, linear_cross_entropy, logits, probabilities
 
 NUM_FEATURES = 28 * 28
@@ -41,12 +42,7 @@ class LinearClassifier(L.LightningModule):
         nesterov: bool = False,
     ) -> None:
         super().__init__()
-        if (
-            isinstance(num_classes, bool)
-            or not isinstance(num_classes, int)
-            or not 2 <= num_classes <= 10
-        ):
-            raise ValueError(f"num_classes must be an integer from 2 to 10, got {num_classes!r}")
+        check_int("num_classes", num_classes, 2, 10)
         if not learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
         if not l2_lambda >= 0:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ import yaml
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from mnist_linear.errors import OneLineArgumentParser, fail
 from mnist_linear.files import atomic_write_bytes
 
 STAGES = {"train": "training", "val": "validation", "test": "test"}
@@ -201,21 +201,14 @@ def sweep_report(runs: list[Run], out: Path) -> list[Path]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    class Parser(argparse.ArgumentParser):
-        def error(self, message: str) -> None:
-            _fail(message)
-
-    parser = Parser(prog="python -m mnist_linear.report", description=__doc__.split("\n\n")[0])
+    parser = OneLineArgumentParser(
+        prog="python -m mnist_linear.report", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument(
         "runs", nargs="+", metavar="RUN_DIR", help="Run folders, or folders of runs."
     )
     parser.add_argument("--out", required=True, help="Folder for the PNG files (made if needed).")
     return parser.parse_args(argv)
-
-
-def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
 
 
 def main(argv: Sequence[str] | None = None) -> list[Path]:
@@ -225,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         out = Path(args.out)
         written = single_run_report(runs[0], out) if len(runs) == 1 else sweep_report(runs, out)
     except ReportError as error:
-        _fail(str(error))
+        fail(str(error))
     for path in written:
         print(path)
     return written

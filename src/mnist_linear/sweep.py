@@ -14,6 +14,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from mnist_linear.errors import OneLineArgumentParser, fail
+
 DEFAULT_LAMBDAS = ("0", "0.0001", "0.001", "0.01")
 
 
@@ -27,13 +29,8 @@ def _l2_lambda(text: str) -> str:
     return text
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        _fail(message)
-
-
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    parser = _Parser(
+    parser = OneLineArgumentParser(
         prog="python -m mnist_linear.sweep",
         description=__doc__.split("\n\n")[0],
         epilog="Example: python -m mnist_linear.sweep --config configs/logistic.yaml",
@@ -70,26 +67,16 @@ def command(args: argparse.Namespace, l2_lambda: str, extra: list[str]) -> list[
     ]  # fmt: skip
 
 
-def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     args, extra = parse_args(argv)
-    existing = [run_folder(args.root_dir, args.name, lam) for lam in args.lambdas]
-    existing = [folder for folder in existing if folder.exists()]
+    if not Path(args.config).is_file():
+        fail(f"--config: no file at {args.config!r}")
+    folders = [run_folder(args.root_dir, args.name, lam) for lam in args.lambdas]
+    existing = [folder for folder in folders if folder.exists()]
     if existing:
-        print(
-            f"error: --name: {existing[0]} exists already; remove it or choose another --name",
-            file=sys.stderr,
-        )
-        sys.exit(2)
-    for l2_lambda in args.lambdas:
-        print(
-            f"== l2_lambda={l2_lambda}: {run_folder(args.root_dir, args.name, l2_lambda)}",
-            flush=True,
-        )
+        fail(f"--name: {existing[0]} exists already; remove it or choose another --name")
+    for l2_lambda, folder in zip(args.lambdas, folders, strict=True):
+        print(f"== l2_lambda={l2_lambda}: {folder}", flush=True)
         done = subprocess.run(command(args, l2_lambda, extra))
         if done.returncode != 0:
             sys.exit(done.returncode)

@@ -1,0 +1,39 @@
+"""Bad input, answered in one line: argument checks and the command-line exit."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import NoReturn
+
+USAGE_ERROR = 2
+
+
+def check_int(
+    name: str, value: object, minimum: int, maximum: int | None = None, allowed: str = ""
+) -> int:
+    """``value`` if it is an integer (not a bool) from ``minimum`` to ``maximum``, else ValueError.
+
+    The message names the argument, the value received and the values allowed:
+    ``allowed`` when given, else "an integer >= minimum" or "an integer from A to B".
+    """
+    if not allowed:
+        bound = f">= {minimum}" if maximum is None else f"from {minimum} to {maximum}"
+        allowed = f"an integer {bound}"
+    in_range = isinstance(value, int) and minimum <= value and (maximum is None or value <= maximum)
+    if isinstance(value, bool) or not in_range:
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return value
+
+
+def fail(message: str, code: int = USAGE_ERROR) -> NoReturn:
+    """Print ``error: message`` on stderr and exit with ``code``."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+class OneLineArgumentParser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line, without the usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(message)
