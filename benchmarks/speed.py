@@ -1,19 +1,22 @@
 """Time the shipped softmax config against a numpy and a plain PyTorch implementation.
 
-    python benchmarks/speed.py [--data_dir data] [--epochs N]
+    python benchmarks/speed.py [--data_dir data] [--repeats 3]
 
 (a) ``python train.py --config configs/softmax.yaml``, start to finish, as shipped;
 (b) ``benchmarks/numpy_reference.py``: the notebook's algorithm in numpy;
 (c) ``benchmarks/torch_loop.py``: the same steps and evaluations in plain PyTorch.
 (b) and (c) run as many epochs as (a) did, so all three do the same 500 steps and 10
 evaluations of the three splits per epoch. Every time is a whole process, start-up
-included. Also prints Lightning's cost per step and per evaluation, measured in-process.
+included. The three run one after another, ``--repeats`` times, and the report gives
+the median of each, so that a slow spell of the machine does not land on one of them
+alone. Also prints Lightning's cost per step and per evaluation, measured in-process.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -75,52 +78,74 @@ def lightning_breakdown(data_dir: str, epochs: int) -> dict[str, float]:
     }
 
 
+def run_train_py(data_dir: str) -> tuple[float, dict]:
+    """(a): seconds of the shipped softmax run through train.py, and its results.json."""
+    with tempfile.TemporaryDirectory() as root:
+        seconds, _ = timed(
+            [
+                sys.executable, "train.py", "--config=configs/softmax.yaml",
+                f"--data.data_dir={data_dir}", f"--trainer.default_root_dir={root}",
+            ]
+        )  # fmt: skip
+        (results_path,) = Path(root).glob("lightning_logs/version_*/results.json")
+        return seconds, json.loads(results_path.read_text())
+
+
+def run_reference(script: str, data_dir: str, epochs: int) -> tuple[float, dict]:
+    """(b) or (c): seconds of the whole process, and the timings it prints."""
+    seconds, out = timed(
+        [sys.executable, f"benchmarks/{script}", f"--data_dir={data_dir}", f"--epochs={epochs}"]
+    )
+    return seconds, json.loads(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data_dir", default="data")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="Rounds of (a), (b), (c), run one after another in each round; "
+        "the report gives the medians and every round's ratios.",
+    )
     parser.add_argument("--breakdown_epochs", type=int, default=3)
     args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
 
     from mnist_linear.mnist_files import ensure_mnist
 
     ensure_mnist(args.data_dir)  # built before any clock starts
-    with tempfile.TemporaryDirectory() as root:
-        a_seconds, _ = timed(
-            [
-                sys.executable, "train.py", "--config=configs/softmax.yaml",
-                f"--data.data_dir={args.data_dir}", f"--trainer.default_root_dir={root}",
-            ]
-        )  # fmt: skip
-        (results_path,) = Path(root).glob("lightning_logs/version_*/results.json")
-        results = json.loads(results_path.read_text())
-    epochs = results["stopped_epoch"] + 1
-    b_seconds, b_out = timed(
-        [
-            sys.executable,
-            "benchmarks/numpy_reference.py",
-            f"--data_dir={args.data_dir}",
-            f"--epochs={epochs}",
-        ]
-    )
-    c_seconds, c_out = timed(
-        [
-            sys.executable,
-            "benchmarks/torch_loop.py",
-            f"--data_dir={args.data_dir}",
-            f"--epochs={epochs}",
-        ]
-    )
-    numpy_run, torch_run = json.loads(b_out), json.loads(c_out)
+    a_times, b_times, c_times = [], [], []
+    epochs = numpy_run = torch_run = results = None
+    for _ in range(args.repeats):
+        a_seconds, results = run_train_py(args.data_dir)
+        if epochs is None:
+            epochs = results["stopped_epoch"] + 1
+        elif results["stopped_epoch"] + 1 != epochs:
+            raise RuntimeError("train.py stopped after a different number of epochs")
+        b_seconds, numpy_run = run_reference("numpy_reference.py", args.data_dir, epochs)
+        c_seconds, torch_run = run_reference("torch_loop.py", args.data_dir, epochs)
+        a_times.append(a_seconds)
+        b_times.append(b_seconds)
+        c_times.append(c_seconds)
     sys.argv = sys.argv[:1]  # the in-process CLI below takes its arguments from args=
     breakdown = lightning_breakdown(args.data_dir, args.breakdown_epochs)
+    a, b, c = (statistics.median(t) for t in (a_times, b_times, c_times))
     report = {
         "epochs": epochs,
         "steps": results["global_step"],
-        "a_train_py_seconds": round(a_seconds, 2),
-        "b_numpy_seconds": round(b_seconds, 2),
-        "c_torch_seconds": round(c_seconds, 2),
-        "a_over_b": round(a_seconds / b_seconds, 3),
-        "a_over_c": round(a_seconds / c_seconds, 3),
+        "repeats": args.repeats,
+        "a_train_py_seconds": round(a, 2),
+        "b_numpy_seconds": round(b, 2),
+        "c_torch_seconds": round(c, 2),
+        "a_over_b": round(a / b, 3),
+        "a_over_c": round(a / c, 3),
+        "rounds": [
+            {"a": round(x, 2), "b": round(y, 2), "c": round(z, 2), "a_over_b": round(x / y, 3)}
+            for x, y, z in zip(a_times, b_times, c_times, strict=True)
+        ],
         "step_ms": {
             "lightning": round(breakdown["step_ms"], 3),
             "numpy": round(1000 * numpy_run["step_seconds"] / numpy_run["steps"], 3),

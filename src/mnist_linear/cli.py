@@ -31,6 +31,7 @@ from mnist_linear.errors import USAGE_ERROR, fail
 from mnist_linear.files import atomic_write_text
 from mnist_linear.mnist_files import MNISTFilesError
 from mnist_linear.model import STAGES, LinearClassifier
+from mnist_linear.profiling import NullProfiler
 
 RESULT_KEYS = (
     *(f"{stage}/{metric}" for stage in STAGES for metric in ("loss", "acc")),
@@ -118,7 +119,10 @@ class MNISTLinearCLI(LightningCLI):
             raise UsageError(f"--ckpt_path: no checkpoint file at {ckpt_path!r}")
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
-        """The Trainer, logging to TensorBoard under ``default_root_dir`` unless told otherwise."""
+        """The Trainer, logging to TensorBoard under ``default_root_dir`` unless told otherwise.
+
+        Without ``--trainer.profiler`` it gets a :class:`NullProfiler`.
+        """
         trainer_config = self.config_init.get("trainer", {})
         if trainer_config.get("enable_progress_bar") is False and trainer_config.get("callbacks"):
             # The configs tune the bar's refresh rate; turning the bar off removes it.
@@ -129,6 +133,8 @@ class MNISTLinearCLI(LightningCLI):
             kwargs["logger"] = TensorBoardLogger(
                 save_dir, name="lightning_logs", default_hp_metric=False
             )
+        if trainer_config.get("profiler") is None:
+            kwargs["profiler"] = NullProfiler()
         return super().instantiate_trainer(**kwargs)
 
     def instantiate_classes(self) -> None:

@@ -32,6 +32,19 @@ def _check_classes(classes: object) -> tuple[int, int] | None:
     return classes[0], classes[1]
 
 
+class TensorSplit(TensorDataset):
+    """A :class:`~torch.utils.data.TensorDataset` indexed by a whole batch at a time.
+
+    An index tensor gathers its rows with ``index_select``, which costs a third of
+    ``x[index]``'s advanced indexing for a batch of 40 rows; a slice gives views.
+    """
+
+    def __getitem__(self, index: torch.Tensor | slice | int) -> tuple[torch.Tensor, ...]:
+        if isinstance(index, torch.Tensor):
+            return tuple(tensor.index_select(0, index) for tensor in self.tensors)
+        return super().__getitem__(index)
+
+
 class SplitTooSmallError(ValueError):
     """The training split, known only once the data is read, is smaller than one step's batch."""
 
@@ -92,9 +105,9 @@ class MNISTSubsetDataModule(L.LightningDataModule):
         self.data_dir = data_dir
         self.train_size, self.val_size, self.test_size = train_size, val_size, test_size
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self.train_set: TensorDataset | None = None
-        self.val_set: TensorDataset | None = None
-        self.test_set: TensorDataset | None = None
+        self.train_set: TensorSplit | None = None
+        self.val_set: TensorSplit | None = None
+        self.test_set: TensorSplit | None = None
         self.class_means: torch.Tensor | None = None
 
     @property
@@ -139,7 +152,7 @@ class MNISTSubsetDataModule(L.LightningDataModule):
                 f"{len(x)} images on {num_replicas} process(es), got {self.batch_size}"
             )
 
-    def _subset(self, images: torch.Tensor, digits: torch.Tensor) -> TensorDataset:
+    def _subset(self, images: torch.Tensor, digits: torch.Tensor) -> TensorSplit:
         if self.classes is None:
             labels = digits
         else:
@@ -147,7 +160,7 @@ class MNISTSubsetDataModule(L.LightningDataModule):
             keep = (digits == positive) | (digits == negative)
             images, labels = images[keep], (digits[keep] == positive).long()
         x = images.reshape(len(images), NUM_FEATURES).float().div_(255.0)
-        return TensorDataset(x, labels.long().contiguous())
+        return TensorSplit(x, labels.long().contiguous())
 
     def _replicas(self) -> tuple[int, int]:
         trainer = self.trainer
@@ -155,7 +168,7 @@ class MNISTSubsetDataModule(L.LightningDataModule):
             return 1, 0
         return trainer.world_size, trainer.global_rank
 
-    def _loader(self, dataset: TensorDataset, sampler: torch.utils.data.Sampler) -> DataLoader:
+    def _loader(self, dataset: TensorSplit, sampler: torch.utils.data.Sampler) -> DataLoader:
         return DataLoader(dataset, sampler=sampler, batch_size=None)
 
     def train_dataloader(self) -> DataLoader:
@@ -166,7 +179,7 @@ class MNISTSubsetDataModule(L.LightningDataModule):
         )
         return self._loader(self.train_set, sampler)
 
-    def _eval_loader(self, dataset: TensorDataset) -> DataLoader:
+    def _eval_loader(self, dataset: TensorSplit) -> DataLoader:
         num_replicas, rank = self._replicas()
         return self._loader(dataset, ShardSampler(dataset, EVAL_CHUNK_SIZE, num_replicas, rank))
 

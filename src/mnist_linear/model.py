@@ -60,8 +60,10 @@ class LinearClassifier(L.LightningModule):
         # One metric of each kind per split, indexed like STAGES and the validation loaders.
         # Accuracy is the mean of each image's 0/1 correctness: the number torchmetrics'
         # micro Accuracy gives, at an eighth of its cost on the 20,000 training images.
-        self.losses = nn.ModuleList([MeanMetric() for _ in STAGES])
-        self.accuracies = nn.ModuleList([MeanMetric() for _ in STAGES])
+        # nan_strategy="disable" keeps a NaN loss NaN, so that early stopping sees a run
+        # that diverged; the default would drop those images with a warning.
+        self.losses = nn.ModuleList([MeanMetric(nan_strategy="disable") for _ in STAGES])
+        self.accuracies = nn.ModuleList([MeanMetric(nan_strategy="disable") for _ in STAGES])
 
     def __setattr__(self, name: str, value: object) -> None:
         # Lightning sets _current_fx_name around every hook, over 40 times a step, and

@@ -4,7 +4,7 @@ Both samplers subclass :class:`~torch.utils.data.DistributedSampler`, so that Li
 keeps them as they are under DDP instead of wrapping them in a sampler of its own, and
 both yield one index object per batch: a ``DataLoader(dataset, sampler=s,
 batch_size=None)`` then fetches each batch with a single indexing operation on the
-``TensorDataset``, without per-item ``__getitem__`` calls or collation.
+data module's ``TensorSplit``, without per-item ``__getitem__`` calls or collation.
 """
 
 from __future__ import annotations
