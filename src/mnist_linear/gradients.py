@@ -43,14 +43,19 @@ def cross_entropy(z: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def cross_entropy_terms(
     z: torch.Tensor, targets: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image cross-entropy, as :func:`cross_entropy`, and the error P - T."""
+    """The mean of :func:`cross_entropy` over the batch, and the error P - T.
+
+    Four operations in either case, as this runs on every training step: torch's own
+    stable binary cross-entropy with logits, or ``nll_loss`` of ``log_softmax`` whose
+    exponential, P, becomes P - T by adding -1 at each target.
+    """
     if z.shape[1] == 1:
-        return cross_entropy(z, targets), torch.sigmoid(z) - targets.to(z.dtype)[:, None]
+        t = targets.to(z.dtype)
+        loss = F.binary_cross_entropy_with_logits(z[:, 0], t)
+        return loss, torch.sigmoid(z).sub_(t[:, None])
     log_p = torch.log_softmax(z, dim=1)
-    column = targets[:, None]
-    loss = -log_p.gather(1, column)[:, 0]
-    error = log_p.exp_().scatter_add_(1, column, torch.full_like(loss, -1.0)[:, None])
-    return loss, error
+    loss = F.nll_loss(log_p, targets)
+    return loss, log_p.exp_().scatter_(1, targets[:, None], -1.0, reduce="add")
 
 
 def probabilities(z: torch.Tensor) -> torch.Tensor:
@@ -62,9 +67,9 @@ class LinearCrossEntropy(torch.autograd.Function):
     """Fused linear layer, sigmoid or softmax, mean cross-entropy and L2 penalty.
 
     forward: L = mean_n CE(Z_n, T_n) + λ ||W||^2 with Z = X W^T + b.
-    backward, with E = P - T:
-        dL/dW = E^T X / N + 2 λ W,   dL/db = mean_n E_n,   dL/dX = E W / N,
-    each multiplied by the incoming gradient. Nothing is differentiated by autograd.
+    backward: the gradients of g L, g being the incoming gradient. With E = g (P - T) / N,
+        d(gL)/dW = E^T X + 2 λ g W,   d(gL)/db = sum_n E_n,   d(gL)/dX = E W.
+    Nothing is differentiated by autograd.
     """
 
     @staticmethod
@@ -81,8 +86,8 @@ class LinearCrossEntropy(torch.autograd.Function):
         ctx.save_for_backward(x, error, weight)
         ctx.l2_lambda = l2_lambda
         if l2_lambda == 0:
-            return loss.mean()
-        return loss.mean() + l2_lambda * weight.pow(2).sum()
+            return loss
+        return loss + l2_lambda * weight.pow(2).sum()
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
@@ -90,18 +95,19 @@ class LinearCrossEntropy(torch.autograd.Function):
         ctx: FunctionCtx, grad_output: torch.Tensor
     ) -> tuple[torch.Tensor | None, None, torch.Tensor | None, torch.Tensor | None, None]:
         x, error, weight = ctx.saved_tensors
-        n = x.shape[0]
         need_x, _, need_w, need_b, _ = ctx.needs_input_grad
+        # E = g (P - T) / N, with g the incoming gradient: every formula is linear in it.
+        e = error * (grad_output / x.shape[0])
         grad_x = grad_w = grad_b = None
         if need_x:
-            grad_x = grad_output * (error @ weight) / n
+            grad_x = e @ weight
         if need_w:
-            # E^T X / N + 2 λ W as one addmm: beta * W + alpha * (E^T @ X)
-            grad_w = grad_output * torch.addmm(
-                weight, error.t(), x, beta=2 * ctx.l2_lambda, alpha=1 / n
-            )
+            if ctx.l2_lambda == 0:
+                grad_w = e.t() @ x
+            else:  # 2 λ g W + E^T X as one addmm
+                grad_w = torch.addmm(weight * (2 * ctx.l2_lambda * grad_output), e.t(), x)
         if need_b:
-            grad_b = grad_output * error.sum(dim=0) / n
+            grad_b = e.sum(dim=0)
         return grad_x, None, grad_w, grad_b, None
 
 
