@@ -8,11 +8,13 @@ import pytest
 import torch
 import yaml
 from conftest import IMAGE_TAGS, REPO, SCALAR_TAGS, read_results, run_dir, run_train
+from lightning.pytorch.profilers import SimpleProfiler
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mnist_linear.cli import MNISTLinearCLI, describe_parse_error, main
 from mnist_linear.data import MNISTSubsetDataModule
 from mnist_linear.model import LinearClassifier
+from mnist_linear.profiling import NullProfiler
 
 RESULT_KEYS = {
     "train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc",
@@ -74,19 +76,23 @@ def test_results_are_of_the_final_weights(logistic_run: Path, mnist_root: Path) 
         assert results[f"{stage}/acc"] == pytest.approx(accuracy, abs=1e-6)
 
 
+def _cli(*args: str) -> MNISTLinearCLI:
+    return MNISTLinearCLI(
+        LinearClassifier,
+        MNISTSubsetDataModule,
+        run=False,
+        args=list(args),
+        auto_configure_optimizers=False,
+        parser_kwargs={"exit_on_error": False},
+    )
+
+
 @pytest.mark.parametrize("config", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_config_parses(
     config: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("sys.argv", ["train.py"])
-    cli = MNISTLinearCLI(
-        LinearClassifier,
-        MNISTSubsetDataModule,
-        run=False,
-        args=[f"--config={config}", f"--trainer.default_root_dir={tmp_path}"],
-        auto_configure_optimizers=False,
-        parser_kwargs={"exit_on_error": False},
-    )
+    cli = _cli(f"--config={config}", f"--trainer.default_root_dir={tmp_path}")
     assert isinstance(cli.model, LinearClassifier) and isinstance(
         cli.datamodule, MNISTSubsetDataModule
     )
@@ -94,6 +100,28 @@ def test_every_shipped_config_parses(
     assert cli.trainer.max_epochs == 100
     assert cli.trainer.val_check_interval == 0.1
     assert cli.datamodule.batch_size == 40
+
+
+def test_trainer_gets_the_null_profiler_unless_one_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sys.argv", ["train.py"])
+    config = f"--config={REPO / 'configs' / 'logistic.yaml'}"
+    root = f"--trainer.default_root_dir={tmp_path}"
+    assert type(_cli(config, root).trainer.profiler) is NullProfiler
+    named = _cli(config, root, "--trainer.profiler=simple").trainer.profiler
+    assert type(named) is SimpleProfiler
+
+
+def test_null_profiler_context_is_shared_reentrant_and_records_nothing() -> None:
+    profiler = NullProfiler()
+    outer = profiler.profile("[Callback]A.on_train_batch_end")
+    assert profiler.profile("[LightningModule]B.training_step") is outer
+    with outer, profiler.profile("nested"), outer:
+        pass
+    with pytest.raises(KeyError), profiler.profile("an error passes through"):
+        raise KeyError("x")
+    assert profiler.summary() == ""
 
 
 @pytest.mark.parametrize(

@@ -119,6 +119,18 @@ def test_train_loader_serves_full_batches_and_drops_the_rest(twos_threes) -> Non
     assert all(x.shape == (40, 784) and y.shape == (40,) for x, y in batches)
 
 
+def test_a_batch_is_gathered_row_for_row_as_advanced_indexing_would(all_digits) -> None:
+    split = all_digits.train_set
+    x, y = split.tensors
+    index = torch.randperm(len(split), generator=torch.Generator().manual_seed(0))[:40]
+    bx, by = split[index]
+    assert torch.equal(bx, x[index]) and torch.equal(by, y[index])
+    sx, sy = split[slice(100, 140)]
+    assert sx.data_ptr() == x[100].data_ptr() and torch.equal(sy, y[100:140])
+    px, py = split[7]
+    assert torch.equal(px, x[7]) and int(py) == int(y[7])
+
+
 def test_unshuffled_order_is_the_split_order(mnist_root: Path) -> None:
     dm = MNISTSubsetDataModule(data_dir=str(mnist_root), shuffle=False, batch_size=64)
     dm.setup()

@@ -51,6 +51,17 @@ def test_training_step_is_mean_cross_entropy_plus_l2_through_the_custom_function
     torch.testing.assert_close(loss, expected)
 
 
+def test_a_nan_loss_stays_nan_in_the_logged_metrics() -> None:
+    # torchmetrics' default drops NaN values with a warning; a diverged run must show NaN.
+    model = LinearClassifier(10, learning_rate=0.1)
+    for metric in (*model.losses, *model.accuracies):
+        metric.update(torch.tensor([0.5, float("nan"), 1.5]))
+        assert torch.isnan(metric.compute())
+        metric.reset()
+        metric.update(torch.tensor([0.5, 1.5]))
+        assert float(metric.compute()) == 1.0
+
+
 def test_bias_is_not_regularised() -> None:
     model = LinearClassifier(2, learning_rate=0.1, l2_lambda=0.5)
     with torch.no_grad():
