@@ -146,6 +146,14 @@ def test_null_profiler_context_is_shared_reentrant_and_records_nothing() -> None
             " --trainer.callbacks.T=-3",
             "error: --trainer.callbacks: T must be > 0 or null for a constant rate, got -3.0",
         ),
+        (
+            "--trainer.gradient_clip_val=1.0",
+            "error: --trainer.gradient_clip_val: expected null or 0, got 1.0: each step is",
+        ),
+        (
+            "--trainer.accumulate_grad_batches=2",
+            "error: --trainer.accumulate_grad_batches: expected 1, got 2: each batch is one",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
 
+from mnist_linear.data import MNISTSubsetDataModule
 from mnist_linear.gradients import LinearCrossEntropy
 from mnist_linear.model import LinearClassifier
 
@@ -31,7 +33,7 @@ def test_layer_shapes_follow_the_number_of_classes() -> None:
 
 
 @pytest.mark.parametrize("num_classes", [2, 10])
-def test_training_step_is_mean_cross_entropy_plus_l2_through_the_custom_function(
+def test_training_loss_is_mean_cross_entropy_plus_l2_through_the_custom_function(
     num_classes,
 ) -> None:
     torch.manual_seed(0)
@@ -40,7 +42,7 @@ def test_training_step_is_mean_cross_entropy_plus_l2_through_the_custom_function
         model.linear.weight.normal_(0, 0.1)
         model.linear.bias.normal_(0, 0.1)
     x, y = torch.rand(40, 784), torch.randint(0, num_classes, (40,))
-    loss = model.training_step((x, y), 0)
+    loss = model.training_loss(x, y)
     assert type(loss.grad_fn).__name__ == f"{LinearCrossEntropy.__name__}Backward"
     z = model.linear(x)
     if num_classes == 2:
@@ -49,6 +51,31 @@ def test_training_step_is_mean_cross_entropy_plus_l2_through_the_custom_function
         expected = F.cross_entropy(z, y)
     expected = expected + 0.01 * model.linear.weight.pow(2).sum()
     torch.testing.assert_close(loss, expected)
+
+
+def test_a_training_step_is_one_step_of_gradient_descent(mnist_root) -> None:
+    dm = MNISTSubsetDataModule(data_dir=str(mnist_root), batch_size=40, shuffle=False)
+    dm.setup()
+    x, y = dm.train_set.tensors
+    model = LinearClassifier(10, learning_rate=0.5, l2_lambda=0.01)
+    with torch.no_grad():
+        model.linear.weight.normal_(0, 0.01, generator=torch.Generator().manual_seed(0))
+    w0, b0 = (p.detach().clone().requires_grad_() for p in model.linear.parameters())
+    z = x[:40] @ w0.t() + b0
+    reference = F.cross_entropy(z, y[:40]) + 0.01 * w0.pow(2).sum()
+    grad_w, grad_b = torch.autograd.grad(reference, (w0, b0))
+    trainer = L.Trainer(
+        max_steps=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, datamodule=dm)
+    assert trainer.global_step == 1
+    torch.testing.assert_close(model.linear.weight, w0 - 0.5 * grad_w)
+    torch.testing.assert_close(model.linear.bias, b0 - 0.5 * grad_b)
 
 
 def test_a_nan_loss_stays_nan_in_the_logged_metrics() -> None:
@@ -67,10 +94,10 @@ def test_bias_is_not_regularised() -> None:
     with torch.no_grad():
         model.linear.bias.fill_(3.0)
     x, y = torch.zeros(4, 784), torch.tensor([0, 1, 0, 1])
-    loss_a = model.training_step((x, y), 0)
+    loss_a = model.training_loss(x, y)
     with torch.no_grad():
         model.linear.bias.fill_(-3.0)
-    loss_b = model.training_step((x, y), 0)
+    loss_b = model.training_loss(x, y)
     torch.testing.assert_close(loss_a, loss_b)
 
 

@@ -117,6 +117,20 @@ class MNISTLinearCLI(LightningCLI):
         ckpt_path = self.config.get("ckpt_path")
         if ckpt_path is not None and not Path(ckpt_path).is_file():
             raise UsageError(f"--ckpt_path: no checkpoint file at {ckpt_path!r}")
+        # LinearClassifier takes its own plain SGD steps (manual optimisation).
+        trainer = self.config.get("trainer") or {}
+        clip = trainer.get("gradient_clip_val")
+        if clip is not None and clip != 0:
+            raise UsageError(
+                f"--trainer.gradient_clip_val: expected null or 0, got {clip!r}: "
+                "each step is plain SGD on the hand-derived gradient, unclipped"
+            )
+        accumulate = trainer.get("accumulate_grad_batches", 1)
+        if accumulate != 1:
+            raise UsageError(
+                f"--trainer.accumulate_grad_batches: expected 1, got {accumulate!r}: "
+                "each batch is one SGD step; set --data.batch_size for larger batches"
+            )
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """The Trainer, logging to TensorBoard under ``default_root_dir`` unless told otherwise.
