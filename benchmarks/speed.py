@@ -14,7 +14,6 @@ alone. Also prints Lightning's cost per step and per evaluation, measured in-pro
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -100,7 +99,9 @@ def run_reference(script: str, data_dir: str, epochs: int) -> tuple[float, dict]
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    from mnist_linear.errors import OneLineArgumentParser
+
+    parser = OneLineArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data_dir", default="data")
     parser.add_argument(
         "--repeats",
@@ -112,7 +113,7 @@ def main() -> None:
     parser.add_argument("--breakdown_epochs", type=int, default=3)
     args = parser.parse_args()
     if args.repeats < 1:
-        parser.error(f"--repeats must be at least 1, got {args.repeats}")
+        parser.error(f"--repeats: expected at least 1, got {args.repeats}")
 
     from mnist_linear.mnist_files import ensure_mnist
 
