@@ -176,12 +176,22 @@ def _early_stopping(trainer: L.Trainer) -> ValidationLossEarlyStopping | None:
 def evaluate(
     trainer: L.Trainer, model: L.LightningModule, datamodule: L.LightningDataModule
 ) -> dict:
-    """Loss and accuracy of ``model`` as it is on the three splits, without logging them."""
+    """Loss and accuracy of ``model`` as it is on the three splits, without logging them.
+
+    The progress bar stays quiet too: three bars for three batches would only clutter
+    the end of the run.
+    """
     loggers, trainer.loggers = trainer.loggers, []
+    bar = trainer.progress_bar_callback
+    bar_was_on = bar is not None and bar.is_enabled
+    if bar_was_on:
+        bar.disable()
     try:
         outputs = trainer.validate(model, datamodule=datamodule, verbose=False)
     finally:
         trainer.loggers = loggers
+        if bar_was_on:
+            bar.enable()
     merged = {k: float(v) for output in outputs for k, v in output.items()}
     return {key: merged[key] for key in RESULT_KEYS}
 
