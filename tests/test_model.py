@@ -78,6 +78,21 @@ def test_a_training_step_is_one_step_of_gradient_descent(mnist_root) -> None:
     torch.testing.assert_close(model.linear.bias, b0 - 0.5 * grad_b)
 
 
+def test_the_progress_bar_shows_the_validation_loss_and_accuracy(mnist_root) -> None:
+    dm = MNISTSubsetDataModule(data_dir=str(mnist_root), classes=[2, 3])
+    trainer = L.Trainer(
+        max_epochs=1,
+        limit_train_batches=2,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(LinearClassifier(2, learning_rate=0.1), datamodule=dm)
+    assert set(trainer.progress_bar_metrics) == {"val/loss", "val/acc"}
+    assert trainer.progress_bar_metrics["val/acc"] == trainer.callback_metrics["val/acc"]
+
+
 def test_a_nan_loss_stays_nan_in_the_logged_metrics() -> None:
     # torchmetrics' default drops NaN values with a warning; a diverged run must show NaN.
     model = LinearClassifier(10, learning_rate=0.1)

@@ -258,8 +258,9 @@ class TrainingProgressBar(TQDMProgressBar):
     """Lightning's TQDM bar over the training steps, with no bar of its own per evaluation.
 
     The ten evaluations of an epoch take milliseconds each; a bar for each one would
-    print thirty lines an epoch and cost more than the evaluation. Their metrics still
-    appear on the training bar. ``trainer.validate`` keeps its bar.
+    print thirty lines an epoch and cost more than the evaluation. The latest
+    validation loss and accuracy appear on the training bar instead (the model logs
+    them with ``prog_bar=True``). ``trainer.validate`` keeps its bar.
 
     Args:
         refresh_rate: Steps between redraws of the bar; 0 hides it.

@@ -122,8 +122,12 @@ class LinearClassifier(L.LightningModule):
         z = self.logits(x)
         self.losses[dataloader_idx].update(cross_entropy(z, y))
         self.accuracies[dataloader_idx].update((self._labels(z) == y).float())
-        self.log(f"{stage}/loss", self.losses[dataloader_idx], add_dataloader_idx=False)
-        self.log(f"{stage}/acc", self.accuracies[dataloader_idx], add_dataloader_idx=False)
+        on_bar = stage == "val"  # the progress bar shows the validation numbers
+        for name, metric in (
+            ("loss", self.losses[dataloader_idx]),
+            ("acc", self.accuracies[dataloader_idx]),
+        ):
+            self.log(f"{stage}/{name}", metric, prog_bar=on_bar, add_dataloader_idx=False)
 
     def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         self.validation_step(batch, batch_idx, dataloader_idx=STAGES.index("test"))
