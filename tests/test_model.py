@@ -53,6 +53,17 @@ def test_training_loss_is_mean_cross_entropy_plus_l2_through_the_custom_function
     torch.testing.assert_close(loss, expected)
 
 
+def _bare_trainer(**kwargs: object) -> L.Trainer:
+    """A real Trainer with no logger, checkpoints, progress bar or model summary."""
+    return L.Trainer(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **kwargs,
+    )
+
+
 def test_a_training_step_is_one_step_of_gradient_descent(mnist_root) -> None:
     dm = MNISTSubsetDataModule(data_dir=str(mnist_root), batch_size=40, shuffle=False)
     dm.setup()
@@ -64,14 +75,7 @@ def test_a_training_step_is_one_step_of_gradient_descent(mnist_root) -> None:
     z = x[:40] @ w0.t() + b0
     reference = F.cross_entropy(z, y[:40]) + 0.01 * w0.pow(2).sum()
     grad_w, grad_b = torch.autograd.grad(reference, (w0, b0))
-    trainer = L.Trainer(
-        max_steps=1,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = _bare_trainer(max_steps=1, limit_val_batches=0)
     trainer.fit(model, datamodule=dm)
     assert trainer.global_step == 1
     torch.testing.assert_close(model.linear.weight, w0 - 0.5 * grad_w)
@@ -80,14 +84,7 @@ def test_a_training_step_is_one_step_of_gradient_descent(mnist_root) -> None:
 
 def test_the_progress_bar_shows_the_validation_loss_and_accuracy(mnist_root) -> None:
     dm = MNISTSubsetDataModule(data_dir=str(mnist_root), classes=[2, 3])
-    trainer = L.Trainer(
-        max_epochs=1,
-        limit_train_batches=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = _bare_trainer(max_epochs=1, limit_train_batches=2)
     trainer.fit(LinearClassifier(2, learning_rate=0.1), datamodule=dm)
     assert set(trainer.progress_bar_metrics) == {"val/loss", "val/acc"}
     assert trainer.progress_bar_metrics["val/acc"] == trainer.callback_metrics["val/acc"]
