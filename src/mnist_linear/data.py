@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from mnist_linear.errors import check_int
 from mnist_linear.mnist_files import ensure_mnist
-from mnist_linear.samplers import ShardSampler, StepPartitionSampler
+from mnist_linear.samplers import SequentialStepSampler, ShardSampler, StepPartitionSampler
 
 MNIST_TRAIN_SIZE = 60000
 MNIST_TEST_SIZE = 10000
@@ -168,20 +168,41 @@ class MNISTSubsetDataModule(L.LightningDataModule):
             return 1, 0
         return trainer.world_size, trainer.global_rank
 
+    def _overfitting(self) -> bool:
+        return self.trainer is not None and self.trainer.overfit_batches > 0
+
     def _loader(self, dataset: TensorSplit, sampler: torch.utils.data.Sampler) -> DataLoader:
         return DataLoader(dataset, sampler=sampler, batch_size=None)
 
     def train_dataloader(self) -> DataLoader:
-        """Mini-batches of ``batch_size``; the last partial batch is dropped."""
+        """Mini-batches of ``batch_size``; the last partial batch is dropped.
+
+        Under the Trainer's ``overfit_batches`` they come in the split's order, unshuffled.
+        """
         num_replicas, rank = self._replicas()
-        sampler = StepPartitionSampler(
-            self.train_set, self.batch_size, self.shuffle, self.seed, num_replicas, rank
-        )
+        if self._overfitting():
+            sampler = SequentialStepSampler(self.train_set, self.batch_size, num_replicas, rank)
+        else:
+            sampler = StepPartitionSampler(
+                self.train_set, self.batch_size, self.shuffle, self.seed, num_replicas, rank
+            )
         return self._loader(self.train_set, sampler)
 
     def _eval_loader(self, dataset: TensorSplit) -> DataLoader:
+        # Under overfit_batches the Trainer evaluates the first N batches of each loader:
+        # batches of batch_size, so that train/* measures the N batches being fitted.
+        chunk_size = self.batch_size if self._overfitting() else EVAL_CHUNK_SIZE
         num_replicas, rank = self._replicas()
-        return self._loader(dataset, ShardSampler(dataset, EVAL_CHUNK_SIZE, num_replicas, rank))
+        return self._loader(dataset, ShardSampler(dataset, chunk_size, num_replicas, rank))
+
+    def splits(self) -> dict[str, TensorSplit]:
+        """The three splits by stage name: ``train``, ``val``, ``test``."""
+        return {"train": self.train_set, "val": self.val_set, "test": self.test_set}
+
+    @staticmethod
+    def eval_batches(dataset: TensorSplit) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The whole split in one process, in the chunks a single-process evaluation uses."""
+        return [dataset[piece] for piece in ShardSampler(dataset, EVAL_CHUNK_SIZE)]
 
     def val_dataloader(self) -> list[DataLoader]:
         """Three loaders, in this order: the whole training split, validation, test."""

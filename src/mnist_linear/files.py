@@ -9,16 +9,26 @@ from collections.abc import Iterable
 from pathlib import Path
 
 
+def current_umask() -> int:
+    """The process's umask, which can only be read by setting it."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, chunks: Iterable[bytes]) -> None:
     """Write ``chunks`` to ``path`` through a temporary file in the same folder and a rename.
 
     A reader sees the old file or the whole new one, never a prefix: an interrupted
-    writer leaves at most a hidden ``.tmp`` file behind, which nothing reads.
+    writer leaves at most a hidden ``.tmp`` file behind, which nothing reads. The file
+    gets the mode a plain ``open()`` would give it (0644 under umask 022), not the
+    0600 of :func:`tempfile.mkstemp`.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as f:
             for chunk in chunks:
                 f.write(chunk)

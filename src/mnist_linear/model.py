@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import lightning as L
 import torch
 from torch import nn
@@ -114,14 +116,35 @@ class LinearClassifier(L.LightningModule):
         optimizer.step()
         return loss.detach()
 
+    def _per_image(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each image's cross-entropy (no L2 term) and 0/1 correctness."""
+        z = self.logits(x)
+        return cross_entropy(z, y), (self._labels(z) == y).float()
+
+    @torch.no_grad()
+    def measure(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
+        """Mean cross-entropy (no L2 term) and accuracy over ``batches``, in this process alone.
+
+        The same arithmetic as an evaluation's logged ``loss`` and ``acc``, so that the
+        same batches give the same numbers to the last bit.
+        """
+        loss, accuracy = (
+            MeanMetric(nan_strategy="disable", sync_on_compute=False).to(self.device)
+            for _ in range(2)
+        )
+        for x, y in batches:
+            values, correct = self._per_image(x.to(self.device), y.to(self.device))
+            loss.update(values)
+            accuracy.update(correct)
+        return float(loss.compute()), float(accuracy.compute())
+
     def validation_step(
         self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int, dataloader_idx: int = 0
     ) -> None:
         stage = STAGES[dataloader_idx]
-        x, y = batch
-        z = self.logits(x)
-        self.losses[dataloader_idx].update(cross_entropy(z, y))
-        self.accuracies[dataloader_idx].update((self._labels(z) == y).float())
+        values, correct = self._per_image(*batch)
+        self.losses[dataloader_idx].update(values)
+        self.accuracies[dataloader_idx].update(correct)
         on_bar = stage == "val"  # the progress bar shows the validation numbers
         for name, metric in (
             ("loss", self.losses[dataloader_idx]),

@@ -14,7 +14,7 @@ import itertools
 from collections.abc import Iterator
 
 import torch
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler, SequentialSampler
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
@@ -77,7 +77,20 @@ class StepPartitionSampler(DistributedSampler):
         yield from mine.unbind(0)
 
 
-class ShardSampler(DistributedSampler):
+class SequentialStepSampler(StepPartitionSampler, SequentialSampler):
+    """:class:`StepPartitionSampler` in the split's order, never shuffled.
+
+    Being a ``SequentialSampler`` too, it is what Lightning keeps under
+    ``overfit_batches``, which replaces any other sampler with a per-image one.
+    """
+
+    def __init__(
+        self, dataset: Dataset, batch_size: int, num_replicas: int = 1, rank: int = 0
+    ) -> None:
+        super().__init__(dataset, batch_size, False, 0, num_replicas, rank)
+
+
+class ShardSampler(DistributedSampler, SequentialSampler):
     """Evaluation batches: one contiguous slice of the split per process, nothing repeated.
 
     Process ``rank`` of ``num_replicas`` gets the images ``rank*n//R`` to
@@ -85,6 +98,8 @@ class ShardSampler(DistributedSampler):
     over the processes count every image once. Each shard is cut into the same number
     of chunks of at most ``chunk_size`` images on every process, so that all processes
     run the same number of evaluation steps. Slices index a tensor without copying it.
+    It is a ``SequentialSampler`` too, which it is, so that Lightning's
+    ``overfit_batches`` keeps it.
     """
 
     def __init__(

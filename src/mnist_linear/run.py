@@ -1,0 +1,158 @@
+"""One training run: its own folder, its checkpoints written atomically, its results.json.
+
+Every run writes into a folder of its own, ``<save_dir>/<name>/version_N``, claimed
+with ``os.mkdir`` before anything is written: two runs started at the same moment in
+one folder get two versions. A run resumed from a checkpoint inside its own run
+folder continues in that folder.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import pickle
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.plugins import TorchCheckpointIO
+
+from mnist_linear.callbacks import ValidationLossEarlyStopping
+from mnist_linear.files import atomic_write_bytes, atomic_write_text
+from mnist_linear.model import STAGES
+
+VERSION_PREFIX = "version_"
+CHECKPOINT_KEYS = ("state_dict", "global_step", "epoch")
+
+
+def claim_version(parent: str | os.PathLike) -> int:
+    """Create ``parent/version_N`` for the next free N and return N.
+
+    ``os.mkdir`` fails for all but one of the processes that try the same N, so each
+    process that calls this gets a folder of its own.
+    """
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    taken = [
+        int(p.name[len(VERSION_PREFIX) :])
+        for p in parent.iterdir()
+        if p.name.startswith(VERSION_PREFIX) and p.name[len(VERSION_PREFIX) :].isdigit()
+    ]
+    version = max(taken, default=-1) + 1
+    while True:
+        try:
+            (parent / f"{VERSION_PREFIX}{version}").mkdir()
+            return version
+        except FileExistsError:
+            version += 1
+
+
+def run_folder_of(checkpoint: str | os.PathLike) -> Path | None:
+    """The run folder that holds ``checkpoint`` in its ``checkpoints/``, if it is one."""
+    folder = Path(checkpoint).resolve().parent
+    run = folder.parent
+    if folder.name == "checkpoints" and (run / "config.yaml").is_file():
+        return run
+    return None
+
+
+class CheckpointError(ValueError):
+    """A file given as a checkpoint that is not a readable Lightning checkpoint."""
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """The checkpoint at ``path``, or :class:`CheckpointError` naming the file and the fault."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"no checkpoint file at {str(path)!r}") from None
+    except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, zipfile.BadZipFile) as error:
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint (truncated, or not written by torch.save): "
+            f"{first}"
+        ) from None
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(f"{path} is not a Lightning checkpoint: it holds no dict")
+    missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
+    if missing:
+        raise CheckpointError(f"{path} is not a Lightning checkpoint: it has no {missing[0]!r}")
+    return checkpoint
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's ``torch.save`` checkpoints, written through a temporary file and a rename.
+
+    A process killed while a checkpoint is written leaves the previous file whole
+    (and at most a hidden ``.tmp`` file), so ``last.ckpt`` always resumes.
+    """
+
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | os.PathLike, storage_options: Any = None
+    ) -> None:
+        if storage_options is not None:
+            raise TypeError(f"{type(self).__name__} takes no storage_options")
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        atomic_write_bytes(path, [buffer.getbuffer()])
+
+
+class RunResults(L.Callback):
+    """Measure the final weights on the three whole splits when training ends.
+
+    Runs in every process that trains, after early stopping has restored its best
+    weights; rank zero writes ``results.json`` into the run folder and prints a summary.
+    ``seconds`` counts from the start of fitting to the end of this evaluation.
+
+    Args:
+        run_dir: The run folder; ``None`` writes nothing.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike | None) -> None:
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.results: dict[str, Any] | None = None
+        self._started = time.perf_counter()
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._started = time.perf_counter()
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        datamodule = trainer.datamodule
+        results: dict[str, Any] = {}
+        for stage, split in zip(STAGES, datamodule.splits().values(), strict=True):
+            loss, accuracy = pl_module.measure(datamodule.eval_batches(split))
+            results[f"{stage}/loss"], results[f"{stage}/acc"] = loss, accuracy
+        results["weight_norm"] = float(pl_module.linear.weight.detach().norm())
+        stopping = next(
+            (c for c in trainer.callbacks if isinstance(c, ValidationLossEarlyStopping)), None
+        )
+        results.update(
+            best_epoch=None if stopping is None else stopping.best_epoch,
+            stopped_epoch=None if stopping is None else stopping.stopped_epoch,
+            stop_reason=None if stopping is None else stopping.stop_reason,
+            global_step=trainer.global_step,
+            seconds=round(time.perf_counter() - self._started, 3),
+        )
+        self.results = results
+        if trainer.is_global_zero and self.run_dir is not None:
+            write_results(self.run_dir, results)
+
+
+def write_results(run_dir: Path, results: dict[str, Any]) -> None:
+    """``results.json`` in ``run_dir``, and a summary on stdout."""
+    path = run_dir / "results.json"
+    atomic_write_text(path, json.dumps(results, indent=2) + "\n")
+    rows = "\n".join(
+        f"  {s:<5}  loss {results[f'{s}/loss']:.4f}  acc {100 * results[f'{s}/acc']:.2f}%"
+        for s in STAGES
+    )
+    print(
+        f"Stopped in epoch {results['stopped_epoch']} ({results['stop_reason']}) after "
+        f"{results['global_step']} steps and {results['seconds']:.1f} s.\n"
+        f"Weights of epoch {results['best_epoch']}:\n{rows}\nResults: {path}",
+        flush=True,
+    )
