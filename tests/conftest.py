@@ -25,7 +25,7 @@ SCALAR_TAGS = {
     "weight_norm",
     "lr",
 }
-IMAGE_TAGS = {"weights", "class_means", "weights_vs_means"}
+IMAGE_TAGS = {"weights", "restored_weights", "class_means", "weights_vs_means"}
 
 
 @pytest.fixture(autouse=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,6 +20,7 @@ from mnist_linear.callbacks import (
     LearningRateAnnealing,
     ValidationLossEarlyStopping,
     WeightImageLogger,
+    tile_grid,
     weight_tiles,
 )
 from mnist_linear.model import LinearClassifier
@@ -43,6 +45,9 @@ def _trainer(**overrides) -> SimpleNamespace:
         should_stop=False,
         strategy=strategy,
         optimizers=[],
+        checkpoint_callback=None,
+        progress_bar_callback=None,
+        fast_dev_run=False,
     )
     return SimpleNamespace(**{**fields, **overrides})
 
@@ -94,15 +99,18 @@ def test_logged_rate_follows_the_formula_in_a_real_run(logistic_run: Path) -> No
 # --- ValidationLossEarlyStopping: the rule on synthetic sequences ----------------------------
 
 
-def _feed(values: list[float], patience: int = 3) -> tuple[ValidationLossEarlyStopping, int | None]:
+def _feed(
+    values: list[float], patience: int = 3, rule: str = "rises"
+) -> tuple[ValidationLossEarlyStopping, int | None]:
     """Epoch-end values in order; returns the callback and the epoch at which it stopped."""
-    callback = ValidationLossEarlyStopping(patience=patience)
+    callback = ValidationLossEarlyStopping(patience=patience, rule=rule)
     model = LinearClassifier(2, learning_rate=0.1)
     trainer = _trainer()
     for epoch, value in enumerate(values):
         trainer.current_epoch = epoch
         trainer.callback_metrics = {"val/loss": torch.tensor(value)}
         callback.on_validation_end(trainer, model)
+        callback.on_train_epoch_end(trainer, model)
         if trainer.should_stop:
             return callback, epoch
     return callback, None
@@ -133,6 +141,32 @@ def test_patience_sets_the_number_of_rises(patience: int, expected: int) -> None
     assert stopped == expected
 
 
+@pytest.mark.parametrize(
+    "values, patience, expected",
+    [
+        ([3.0, 2.0, 2.5, 2.4, 2.3], 3, 4),  # no new best for three epochs, though falling
+        ([3.0, 2.0, 2.5, 2.4, 1.9, 2.0], 3, None),
+        ([3.0, 3.0, 3.0], 2, 2),  # an equal value is no improvement
+    ],
+)
+def test_no_improvement_rule_counts_epochs_since_the_best(
+    values: list[float], patience: int, expected: int | None
+) -> None:
+    _, stopped = _feed(values, patience=patience, rule="no_improvement")
+    assert stopped == expected
+
+
+def test_rises_rule_does_not_stop_on_a_slow_decline_after_a_jump() -> None:
+    # Falling again after one rise: Lightning's rule would stop, the assignment's does not.
+    _, stopped = _feed([3.0, 2.0, 2.5, 2.4, 2.3, 2.2, 2.1])
+    assert stopped is None
+
+
+def test_bad_rule_is_refused() -> None:
+    with pytest.raises(ValueError, match="rule must be 'rises' or 'no_improvement', got 'x'"):
+        ValidationLossEarlyStopping(rule="x")
+
+
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
 def test_non_finite_loss_stops_at_once_even_mid_epoch(bad: float) -> None:
     callback = ValidationLossEarlyStopping()
@@ -143,15 +177,36 @@ def test_non_finite_loss_stops_at_once_even_mid_epoch(bad: float) -> None:
     assert "learning rate is too high" in callback.stop_reason
 
 
-def test_only_the_epochs_last_evaluation_counts() -> None:
+def test_the_epochs_last_evaluation_counts_with_the_weights_it_measured() -> None:
     callback = ValidationLossEarlyStopping()
     model = LinearClassifier(2, learning_rate=0.1)
-    trainer = _trainer(is_last_batch=False, callback_metrics={"val/loss": torch.tensor(0.1)})
+    trainer = _trainer(callback_metrics={"val/loss": torch.tensor(0.1)}, global_step=9)
     callback.on_validation_end(trainer, model)
     assert callback.history == []
-    trainer.is_last_batch, trainer.callback_metrics = True, {"val/loss": torch.tensor(0.7)}
+    with torch.no_grad():
+        model.linear.weight.fill_(1.0)
+    trainer.global_step, trainer.callback_metrics = 18, {"val/loss": torch.tensor(0.7)}
     callback.on_validation_end(trainer, model)
+    with torch.no_grad():
+        model.linear.weight.fill_(2.0)  # the steps after the epoch's last evaluation
+    trainer.global_step = 20
+    callback.on_train_epoch_end(trainer, model)
     assert callback.history == [pytest.approx(0.7)]
+    assert (callback.best_epoch, callback.best_step) == (0, 18)
+    assert torch.equal(callback.best_state["linear.weight"], torch.ones(1, 784))
+    callback.on_train_end(trainer, model)
+    assert torch.equal(model.linear.weight, torch.ones(1, 784))
+
+
+def test_an_epoch_without_an_evaluation_adds_no_value() -> None:
+    callback = ValidationLossEarlyStopping()
+    model = LinearClassifier(2, learning_rate=0.1)
+    trainer = _trainer(callback_metrics={"val/loss": torch.tensor(0.5)})
+    callback.on_validation_end(trainer, model)
+    callback.on_train_epoch_end(trainer, model)
+    trainer.current_epoch = 1
+    callback.on_train_epoch_end(trainer, model)
+    assert callback.history == [0.5] and callback.last_epoch == 0
 
 
 def test_best_weights_are_a_copy_not_a_reference() -> None:
@@ -161,10 +216,12 @@ def test_best_weights_are_a_copy_not_a_reference() -> None:
     with torch.no_grad():
         model.linear.weight.fill_(1.0)
     callback.on_validation_end(trainer, model)
+    callback.on_train_epoch_end(trainer, model)
     with torch.no_grad():
         model.linear.weight.fill_(2.0)  # later training changes the live weights in place
     trainer.current_epoch, trainer.callback_metrics = 1, {"val/loss": torch.tensor(0.6)}
     callback.on_validation_end(trainer, model)
+    callback.on_train_epoch_end(trainer, model)
     callback.on_train_end(trainer, model)
     assert callback.best_epoch == 0
     assert torch.equal(model.linear.weight, torch.ones(1, 784))
@@ -240,9 +297,8 @@ def test_resume_equals_uninterrupted_run(
         mnist=mnist_root,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    (resumed_dir,) = [
-        p for p in (tmp_path / "lightning_logs").glob("version_*") if p != interrupted
-    ]
+    resumed_dir = run_dir(tmp_path)  # resumed in its own folder: still the only one
+    assert resumed_dir == interrupted
     whole = run_dir(early_stopped_run)
     a = torch.load(whole / "checkpoints" / "last.ckpt", weights_only=True)
     b = torch.load(resumed_dir / "checkpoints" / "last.ckpt", weights_only=True)
@@ -260,10 +316,13 @@ def test_resume_equals_uninterrupted_run(
 def test_resuming_a_run_that_stopped_early_stays_stopped(
     early_stopped_run: Path, mnist_root: Path, tmp_path: Path
 ) -> None:
-    last = run_dir(early_stopped_run) / "checkpoints" / "last.ckpt"
-    done = run_train(*EARLY_STOP_ARGS, f"--ckpt_path={last}", root=tmp_path, mnist=mnist_root)
+    # A checkpoint outside its run folder resumes into a new folder under the root.
+    last = tmp_path / "copied.ckpt"
+    shutil.copy(run_dir(early_stopped_run) / "checkpoints" / "last.ckpt", last)
+    root = tmp_path / "root"
+    done = run_train(*EARLY_STOP_ARGS, f"--ckpt_path={last}", root=root, mnist=mnist_root)
     assert done.returncode == 0, done.stderr[-3000:]
-    results, expected = read_results(tmp_path), read_results(early_stopped_run)
+    results, expected = read_results(root), read_results(early_stopped_run)
     assert results["global_step"] == expected["global_step"]
     assert results["val/loss"] == expected["val/loss"]
 
@@ -271,13 +330,18 @@ def test_resuming_a_run_that_stopped_early_stays_stopped(
 # --- WeightImageLogger --------------------------------------------------------------------
 
 
-def test_weight_tiles_are_28_by_28_and_scaled_to_unit_range_each() -> None:
+def test_weight_grid_has_28_by_28_tiles_each_scaled_to_unit_range() -> None:
     weight = torch.randn(10, 784) * torch.arange(1, 11)[:, None]
     tiles = weight_tiles(weight)
     assert tiles.shape == (10, 1, 28, 28)
-    assert torch.allclose(tiles.amin(dim=(1, 2, 3)), torch.zeros(10))
-    assert torch.allclose(tiles.amax(dim=(1, 2, 3)), torch.ones(10))
-    assert torch.equal(weight_tiles(torch.zeros(1, 784)), torch.zeros(1, 1, 28, 28))
+    assert torch.equal(tiles[3, 0], weight[3].reshape(28, 28))
+    grid = tile_grid(tiles, nrow=10, padding=2)
+    assert grid.shape == (3, 32, 10 * 30 + 2)
+    for k in range(10):
+        tile = grid[0, 2:30, 2 + 30 * k : 30 + 30 * k]
+        expected = (tiles[k, 0] - tiles[k].min()) / (tiles[k].max() - tiles[k].min())
+        torch.testing.assert_close(tile, expected)
+    assert torch.equal(tile_grid(torch.zeros(1, 1, 28, 28), 1, 0), torch.zeros(3, 28, 28))
 
 
 def _images(folder: Path, tag: str) -> list[torch.Tensor]:
@@ -291,7 +355,9 @@ def _images(folder: Path, tag: str) -> list[torch.Tensor]:
 def test_images_of_a_real_run(logistic_run: Path) -> None:
     folder = run_dir(logistic_run)
     weights = _images(folder, "weights")
-    assert len(weights) == 3 + 1  # every epoch end, then the restored best weights
+    assert len(weights) == 3  # every epoch end
+    (restored,) = _images(folder, "restored_weights")
+    weights.append(restored)
     assert all(
         image.shape[-2:] == (28, 28) and image.max() == 255 and image.min() == 0
         for image in weights

@@ -133,7 +133,8 @@ class LinearClassifier(L.LightningModule):
             for _ in range(2)
         )
         for x, y in batches:
-            values, correct = self._per_image(x.to(self.device), y.to(self.device))
+            x = x.to(self.device, self.linear.weight.dtype)
+            values, correct = self._per_image(x, y.to(self.device))
             loss.update(values)
             accuracy.update(correct)
         return float(loss.compute()), float(accuracy.compute())

@@ -25,11 +25,12 @@ import yaml
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from mnist_linear.callbacks import TILE_PADDING as PADDING
 from mnist_linear.errors import OneLineArgumentParser, fail
 from mnist_linear.files import atomic_write_bytes
 
 STAGES = {"train": "training", "val": "validation", "test": "test"}
-TILE, PADDING = 28, 2
+TILE = 28
 
 
 class ReportError(Exception):
@@ -68,30 +69,33 @@ class Run:
 
 
 def load_run(folder: Path) -> Run:
-    """Read every event file of ``folder`` (a resumed run may have several)."""
-    files = sorted(folder.glob("events.out.tfevents.*"))
-    if not files:
+    """Read the run's event files as TensorBoard does: one run, in the order written.
+
+    A run resumed in its own folder has a second event file that starts with a purge
+    at the checkpoint's step, which hides what the interrupted run logged after it.
+    """
+    if not any(folder.glob("events.out.tfevents.*")):
         raise ReportError(f"{folder} holds no run: no events.out.tfevents.* file")
-    scalars: dict[str, list[tuple[int, float]]] = {}
-    images: dict[str, list[np.ndarray]] = {}
-    for path in files:
-        events = EventAccumulator(str(path), size_guidance={"scalars": 0, "images": 0})
-        events.Reload()
-        tags = events.Tags()
-        for tag in tags["scalars"]:
-            scalars.setdefault(tag, []).extend((e.step, e.value) for e in events.Scalars(tag))
-        for tag in tags["images"]:
-            images.setdefault(tag, []).extend(
-                np.asarray(Image.open(io.BytesIO(e.encoded_image_string)).convert("L"))
-                for e in events.Images(tag)
-            )
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    tags = events.Tags()
+    scalars = {
+        tag: (
+            np.array([e.step for e in events.Scalars(tag)]),
+            np.array([e.value for e in events.Scalars(tag)]),
+        )
+        for tag in tags["scalars"]
+    }
+    images = {
+        tag: [
+            np.asarray(Image.open(io.BytesIO(e.encoded_image_string)).convert("L"))
+            for e in events.Images(tag)
+        ]
+        for tag in tags["images"]
+    }
     config_path = folder / "config.yaml"
     config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
-    series = {
-        tag: tuple(np.array(v) for v in zip(*sorted(points), strict=True))
-        for tag, points in scalars.items()
-    }
-    return Run(folder, series, images, config or {})
+    return Run(folder, scalars, images, config or {})
 
 
 def expand(folders: Sequence[str]) -> list[Path]:
@@ -180,7 +184,7 @@ def _compare(runs: list[Run], tag: str, ylabel: str, title: str) -> plt.Figure:
 
 def sweep_report(runs: list[Run], out: Path) -> list[Path]:
     runs = sorted(runs, key=lambda r: r.l2_lambda)
-    weights = [run.last_image("weights") for run in runs]
+    weights = [run.last_image("restored_weights") for run in runs]
     figure, axes = plt.subplots(1, len(runs), figsize=(2.2 * len(runs), 2.6), squeeze=False)
     for ax, run, image in zip(axes[0], runs, weights, strict=True):
         ax.imshow(image, cmap="gray", vmin=0, vmax=255)

@@ -1,0 +1,343 @@
+"""Runs off the happy path: runs started together, Trainer flags, kills, damaged checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import REPO, read_results, run_dir, run_train
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from mnist_linear.cli import main
+from mnist_linear.model import LinearClassifier
+from mnist_linear.run import AtomicCheckpointIO, claim_version, read_checkpoint
+
+SMALL = (f"--config={REPO / 'configs' / 'logistic.yaml'}", "--data.train_size=2000")  # 10 steps
+
+
+def _train_command(*args: str, root: Path, mnist: Path) -> list[str]:
+    return [
+        sys.executable, str(REPO / "train.py"), *args,
+        f"--data.data_dir={mnist}", f"--trainer.default_root_dir={root}",
+        "--trainer.enable_progress_bar=false",
+    ]  # fmt: skip
+
+
+# --- Runs started together ---------------------------------------------------------------
+
+
+def test_claimed_versions_are_distinct_and_skip_taken_ones(tmp_path: Path) -> None:
+    (tmp_path / "version_3").mkdir(parents=True)
+    (tmp_path / "version_x").mkdir()
+    assert [claim_version(tmp_path) for _ in range(3)] == [4, 5, 6]
+
+
+@pytest.mark.slow
+def test_runs_started_together_in_one_folder_never_share_a_file(
+    tmp_path: Path, mnist_root: Path
+) -> None:
+    seeds = (1, 2, 3, 4)
+    runs = [
+        subprocess.Popen(
+            _train_command(
+                *SMALL, "--trainer.max_steps=5", f"--seed_everything={seed}",
+                root=tmp_path, mnist=mnist_root,
+            ),
+            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for seed in seeds
+    ]  # fmt: skip
+    outputs = [run.communicate(timeout=240) for run in runs]
+    assert [run.returncode for run in runs] == [0] * 4, [err[-2000:] for _, err in outputs]
+    folders = sorted((tmp_path / "lightning_logs").iterdir())
+    assert [f.name for f in folders] == [f"version_{n}" for n in range(4)]
+    printed = {line.split("Results: ")[1] for out, _ in outputs for line in out.splitlines()
+               if line.startswith("Results: ")}  # fmt: skip
+    assert printed == {str(f / "results.json") for f in folders}
+    seen = set()
+    for folder in folders:
+        assert len(list(folder.glob("events.out.tfevents.*"))) == 1
+        seen.add(yaml.safe_load((folder / "config.yaml").read_text())["seed_everything"])
+        results = folder / "results.json"
+        assert json.loads(results.read_text())["global_step"] == 5
+        assert stat.S_IMODE(results.stat().st_mode) == 0o666 & ~_umask()
+    assert seen == set(seeds)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# --- Lightning's Trainer flags ------------------------------------------------------------
+
+FLAGS = [
+    ("--trainer.overfit_batches=3",),
+    ("--trainer.enable_checkpointing=false",),
+    ("--trainer.fast_dev_run=true",),
+    ("--trainer.limit_train_batches=4",),
+    ("--trainer.max_steps=7",),
+    ("--trainer.max_time=00:00:00:30",),
+    ("--trainer.precision=bf16-mixed",),
+    ("--trainer.precision=64-true",),
+    ("--trainer.check_val_every_n_epoch=2", "--trainer.val_check_interval=1.0"),
+    ("--trainer.num_sanity_val_steps=0",),
+    ("--trainer.detect_anomaly=true",),
+    ("--trainer.deterministic=false",),
+    ("--trainer.enable_model_summary=false",),
+    ("--trainer.logger=false",),
+]
+REFUSED = [("--trainer.limit_val_batches=0.5", "limit_val_batches")]
+
+
+def _main(args: list[str], root: Path, mnist: Path) -> int:
+    try:
+        main(
+            [
+                *SMALL,
+                "--trainer.max_epochs=2",
+                f"--data.data_dir={mnist}",
+                f"--trainer.default_root_dir={root}",
+                "--trainer.enable_progress_bar=false",
+                *args,
+            ]
+        )
+    except SystemExit as stop:  # fmt: skip
+        return stop.code
+    return 0
+
+
+@pytest.mark.parametrize("flags", FLAGS, ids=lambda f: " ".join(f))
+def test_trainer_flag_runs_and_writes_everything_under_the_root(
+    flags: tuple[str, ...], tmp_path: Path, mnist_root: Path, monkeypatch, capfd
+) -> None:
+    monkeypatch.setattr("sys.argv", ["train.py"])
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / "root"
+    assert _main(list(flags), root, mnist_root) == 0
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["root"]  # nothing in the cwd
+    results = read_results(root)
+    assert 0.5 < results["val/acc"] <= 1
+    if "--trainer.max_steps=7" in flags:
+        assert results["global_step"] == 7
+    if "--trainer.limit_train_batches=4" in flags:
+        assert results["global_step"] == 8
+    if "--trainer.enable_checkpointing=false" in flags:
+        assert not (run_dir(root) / "checkpoints").exists()
+    if "--trainer.logger=false" in flags:
+        assert not list(run_dir(root).glob("events.out.tfevents.*"))
+        assert (run_dir(root) / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize("flag, option", REFUSED)
+def test_a_flag_that_cannot_apply_is_refused_in_one_line(
+    flag: str, option: str, tmp_path: Path, mnist_root: Path, monkeypatch, capfd
+) -> None:
+    monkeypatch.setattr("sys.argv", ["train.py"])
+    assert _main([flag], tmp_path, mnist_root) == 2
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and option in err[0], err
+
+
+def test_overfit_batches_trains_and_evaluates_the_first_batches_unshuffled(
+    tmp_path: Path, mnist_root: Path, monkeypatch
+) -> None:
+    from mnist_linear.data import MNISTSubsetDataModule
+
+    monkeypatch.setattr("sys.argv", ["train.py"])
+    assert _main(["--trainer.overfit_batches=2", "--model.learning_rate=2.0",
+                  "--trainer.max_epochs=30"], tmp_path, mnist_root) == 0  # fmt: skip
+    results = read_results(tmp_path)
+    assert results["global_step"] == 2 * (results["stopped_epoch"] + 1)  # two steps an epoch
+    data = MNISTSubsetDataModule(str(mnist_root), classes=[2, 3], train_size=2000)
+    data.setup()
+    checkpoint = torch.load(run_dir(tmp_path) / "checkpoints" / "last.ckpt", weights_only=True)
+    model = LinearClassifier(2, learning_rate=1.0)
+    model.load_state_dict({k: v for k, v in checkpoint["state_dict"].items() if "linear" in k})
+    x, y = data.train_set.tensors
+    assert (model.predict(x[:80]) == y[:80]).all()  # the 80 images fitted, in order
+    assert results["train/acc"] < 1  # measured on the whole split at the end
+
+
+# --- Early stopping: the recorded loss is the loss of the restored weights ----------------
+
+
+@pytest.mark.slow
+def test_restored_and_best_weights_are_those_of_the_recorded_evaluation(
+    tmp_path: Path, mnist_root: Path
+) -> None:
+    # 4s and 9s: 98 batches an epoch, so the epoch's last evaluation comes before its end.
+    done = run_train("--config=configs/logistic.yaml", "--data.classes=[4,9]",
+                     "--trainer.max_epochs=3", root=tmp_path, mnist=mnist_root)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    folder = run_dir(tmp_path)
+    results = read_results(tmp_path)
+    events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    events.Reload()
+    logged = {e.step: e.value for e in events.Scalars("val/loss")}
+    assert 89 in logged and 97 not in logged  # every 9 steps: none at the epoch's end, 97
+    last = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)
+    (state,) = [v for k, v in last["callbacks"].items() if k.startswith("ValidationLoss")]
+    # Lightning logs an evaluation after S steps at TensorBoard step S - 1.
+    assert logged[state["best_step"] - 1] == pytest.approx(results["val/loss"], abs=1e-7)
+    (best,) = (folder / "checkpoints").glob("best-*.ckpt")
+    assert best.name == f"best-epoch={state['best_epoch']}-step={state['best_step']}.ckpt"
+    weights = torch.load(best, weights_only=True)["state_dict"]
+    for key, value in state["best_state"].items():
+        assert torch.equal(weights[key], value), key
+    model = LinearClassifier.load_from_checkpoint(best, map_location="cpu")
+    assert float(model.linear.weight.norm()) == pytest.approx(results["weight_norm"], rel=1e-6)
+
+
+# --- Damaged checkpoints, kills and resumes ----------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not a checkpoint", "missing"])
+def test_a_damaged_checkpoint_is_refused_in_one_line(
+    damage: str, logistic_run: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setattr("sys.argv", ["train.py"])
+    path = tmp_path / "damaged.ckpt"
+    if damage == "truncated":
+        data = (run_dir(logistic_run) / "checkpoints" / "last.ckpt").read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif damage == "not a checkpoint":
+        path = REPO / "README.md"
+    with pytest.raises(SystemExit) as stop:
+        main(["--config=configs/logistic.yaml", f"--ckpt_path={path}",
+              f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --ckpt_path: "), err
+    assert str(path) in err[0]
+
+
+def test_an_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path: Path) -> None:
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "global_step": 1, "epoch": 0}, path)
+    with pytest.raises(Exception, match="pickle"):
+        io.save_checkpoint({"state_dict": {"w": lambda: None}}, path)  # fails mid-write
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+    assert torch.equal(read_checkpoint(path)["state_dict"]["w"], torch.ones(3))
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~_umask()
+
+
+def _wait_for_epochs(path: Path, epochs: int, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if read_checkpoint(path)["epoch"] >= epochs:
+                return
+        except Exception:  # not there yet, or being replaced
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{path} did not reach epoch {epochs}")
+
+
+KILLED = (*SMALL, "--trainer.max_epochs=12", "--model.learning_rate=1.0")
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_in_its_folder_to_the_uninterrupted_result(
+    tmp_path: Path, mnist_root: Path
+) -> None:
+    whole = tmp_path / "whole"
+    assert run_train(*KILLED, root=whole, mnist=mnist_root).returncode == 0
+    root = tmp_path / "killed"
+    process = subprocess.Popen(
+        _train_command(*KILLED, root=root, mnist=mnist_root), cwd=REPO,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    last = root / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    _wait_for_epochs(last, 3, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    assert not (last.parent.parent / "results.json").exists()
+    resumed = run_train(*KILLED, f"--ckpt_path={last}", root=root, mnist=mnist_root)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [p.name for p in (root / "lightning_logs").iterdir()] == ["version_0"]
+    expected, got = read_results(whole), read_results(root)
+    for key in expected:
+        if key != "seconds":
+            assert got[key] == expected[key], key
+    # One run in TensorBoard: two event files, no step logged twice once the purge applies.
+    events = EventAccumulator(str(run_dir(root)), size_guidance={"scalars": 0})
+    events.Reload()
+    steps = [e.step for e in events.Scalars("val/loss")]
+    reference = EventAccumulator(str(run_dir(whole)), size_guidance={"scalars": 0})
+    reference.Reload()
+    assert steps == [e.step for e in reference.Scalars("val/loss")]
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_gracefully_without_results_and_leaves_a_resumable_checkpoint(
+    tmp_path: Path, mnist_root: Path
+) -> None:
+    process = subprocess.Popen(
+        _train_command(*KILLED, root=tmp_path, mnist=mnist_root), cwd=REPO,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    last = tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    _wait_for_epochs(last, 2, process)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert "KeyboardInterrupt" in output and "Traceback" not in output
+    assert not (last.parent.parent / "results.json").exists()
+    assert read_checkpoint(last)["epoch"] >= 2
+
+
+# --- The split-accuracy script ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("classes", ["[2,3]", "null"])
+def test_split_accuracy_script_reads_both_kinds_of_checkpoint(
+    classes: str, tmp_path: Path, mnist_root: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr("sys.argv", ["train.py"])
+    assert _main([f"--data.classes={classes}", "--trainer.max_epochs=1"], tmp_path, mnist_root) == 0
+    (best,) = (run_dir(tmp_path) / "checkpoints").glob("best-*.ckpt")
+    done = subprocess.run(
+        [sys.executable, "docs/split_accuracy.py", str(best), f"--data_dir={mnist_root}"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = dict(line.rsplit(maxsplit=1) for line in done.stdout.strip().splitlines())
+    validation = float(rows["validation split, train[2000:4000]"].rstrip("%"))
+    assert validation == pytest.approx(100 * read_results(tmp_path)["val/acc"], abs=0.01)
+
+
+# --- The shipped config as shipped, progress bar on ----------------------------------------
+
+
+@pytest.mark.slow
+def test_early_stopping_message_gets_a_line_of_its_own_under_the_progress_bar(
+    tmp_path: Path, mnist_root: Path
+) -> None:
+    command = [
+        sys.executable, str(REPO / "train.py"), *KILLED, "--trainer.max_epochs=100",
+        f"--data.data_dir={mnist_root}", f"--trainer.default_root_dir={tmp_path}",
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    output = done.stdout + done.stderr
+    assert "Early stopping in epoch" in output
+    assert all(
+        line.startswith("Early stopping")
+        for line in output.splitlines()
+        if "Early stopping" in line
+    )
+    assert "val/acc=" in output  # the bar was drawn, with the validation numbers
