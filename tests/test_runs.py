@@ -79,6 +79,22 @@ def _umask() -> int:
     return mask
 
 
+@pytest.mark.parametrize("logger", ["TensorBoardLogger", "CSVLogger"])
+def test_a_configured_logger_without_a_version_gets_a_folder_of_its_own(
+    logger: str, tmp_path: Path, mnist_root: Path, monkeypatch
+) -> None:
+    monkeypatch.setattr("sys.argv", ["train.py"])
+    args = [f"--trainer.logger={logger}", f"--trainer.logger.save_dir={tmp_path}",
+            "--trainer.logger.name=mine", "--trainer.max_steps=3"]  # fmt: skip
+    assert _main(args, tmp_path, mnist_root) == _main(args, tmp_path, mnist_root) == 0
+    folders = sorted((tmp_path / "mine").iterdir())
+    assert [f.name for f in folders] == ["version_0", "version_1"]
+    for folder in folders:
+        assert json.loads((folder / "results.json").read_text())["global_step"] == 3
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+        assert config["trainer"]["logger"]["init_args"]["version"] is None  # reruns afresh
+
+
 # --- Lightning's Trainer flags ------------------------------------------------------------
 
 FLAGS = [
