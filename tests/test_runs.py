@@ -214,7 +214,9 @@ def test_restored_and_best_weights_are_those_of_the_recorded_evaluation(
     for key, value in state["best_state"].items():
         assert torch.equal(weights[key], value), key
     model = LinearClassifier.load_from_checkpoint(best, map_location="cpu")
-    assert float(model.linear.weight.norm()) == pytest.approx(results["weight_norm"], rel=1e-6)
+    assert float(model.linear.weight.detach().norm()) == pytest.approx(
+        results["weight_norm"], rel=1e-6
+    )
 
 
 # --- Damaged checkpoints, kills and resumes ----------------------------------------------
@@ -244,8 +246,16 @@ def test_an_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path: Path)
     io = AtomicCheckpointIO()
     path = tmp_path / "last.ckpt"
     io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "global_step": 1, "epoch": 0}, path)
-    with pytest.raises(Exception, match="pickle"):
-        io.save_checkpoint({"state_dict": {"w": lambda: None}}, path)  # fails mid-write
+
+    class Interrupted(Exception):
+        pass
+
+    class FailsToSave:
+        def __reduce__(self) -> tuple:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        io.save_checkpoint({"state_dict": {"w": FailsToSave()}}, path)  # fails mid-write
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
     assert torch.equal(read_checkpoint(path)["state_dict"]["w"], torch.ones(3))
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~_umask()
