@@ -15,7 +15,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 from torchvision.utils import make_grid
 from tqdm.auto import tqdm
 
-from mnist_linear.errors import check_int
+from mnist_linear.errors import NonNegativeInt, PositiveFloat, PositiveInt, check_int
 
 TILE_PADDING = 2
 
@@ -32,7 +32,7 @@ class LearningRateAnnealing(L.Callback):
         T: Steps after which the rate has halved; ``None`` keeps the rate constant.
     """
 
-    def __init__(self, T: float | None = 1000) -> None:
+    def __init__(self, T: PositiveFloat | None = 1000) -> None:
         if T is not None and not T > 0:
             raise ValueError(f"T must be > 0 or null for a constant rate, got {T!r}")
         self.T = T
@@ -91,7 +91,7 @@ class ValidationLossEarlyStopping(L.Callback):
 
     def __init__(
         self,
-        patience: int = 3,
+        patience: PositiveInt = 3,
         monitor: str = "val/loss",
         rule: Literal["rises", "no_improvement"] = "rises",
         save_best: bool = True,
@@ -265,7 +265,7 @@ class WeightImageLogger(L.Callback):
         padding: Pixels between tiles.
     """
 
-    def __init__(self, padding: int = TILE_PADDING) -> None:
+    def __init__(self, padding: NonNegativeInt = TILE_PADDING) -> None:
         self.padding = check_int("padding", padding, 0)
 
     @staticmethod
@@ -322,7 +322,7 @@ class TrainingProgressBar(TQDMProgressBar):
         refresh_rate: Steps between redraws of the bar; 0 hides it.
     """
 
-    def __init__(self, refresh_rate: int = 50) -> None:
+    def __init__(self, refresh_rate: NonNegativeInt = 50) -> None:
         super().__init__(refresh_rate=check_int("refresh_rate", refresh_rate, 0))
 
     def init_validation_tqdm(self) -> tqdm:

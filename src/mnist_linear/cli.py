@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -25,6 +24,11 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
 
+from mnist_linear.callbacks import (
+    LearningRateAnnealing,
+    ValidationLossEarlyStopping,
+    WeightImageLogger,
+)
 from mnist_linear.data import MNISTSubsetDataModule, SplitTooSmallError
 from mnist_linear.errors import USAGE_ERROR, fail
 from mnist_linear.files import atomic_write_text
@@ -46,57 +50,9 @@ class UsageError(Exception):
     """Bad input from the command line or a config file: reported in one line, exit code 2."""
 
 
-def _one_line(message: str) -> str:
+def one_line(message: str) -> str:
+    """``message`` with its line breaks and indentation folded into single spaces."""
     return " ".join(message.split())
-
-
-def _type_name(text: str) -> str:
-    text = re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", text).replace("NoneType", "null")
-    return re.sub(r"\b(?:[a-z_]+\.)+([A-Z]\w*)", r"\1", text)
-
-
-def describe_parse_error(message: str) -> str:
-    """jsonargparse's error as one line: the option, the value received, the values allowed.
-
-    ``Parser key "data.batch_size": Expected a <class 'int'>. Got value: zero`` becomes
-    ``--data.batch_size: expected int, got 'zero'``. Where one of the errors is a
-    constructor's own message (a ``ValueError``), that message is the one shown.
-    """
-    lines = [line.strip() for line in message.splitlines() if line.strip()]
-    text = " ".join(lines)
-    key = re.match(r'Parser key "([^"]+)":', text)
-    option = f"--{key.group(1)}" if key else "--trainer.callbacks" if "Callback" in text else ""
-    prefix = f"{option}: " if option else ""
-    errors = [line[2:] for line in lines if line.startswith("- ")]
-    own = [e for e in errors if not e.startswith(("Expected a", "Not a valid subclass", "a "))]
-    if own:
-        return prefix + own[0]
-    got = re.search(r"Given value: (.*)$", text) or re.search(r"Got value: (.*)$", text)
-    subtypes = re.search(r"Subtypes: \[(.*?)\] Errors:", text)
-    expected = re.search(r"Expected a (<class '[\w.]+'>|\S+)", text)
-    if got and (subtypes or expected):
-        allowed = subtypes.group(1) if subtypes else expected.group(1)
-        allowed = " or ".join(_type_name(t) for t in re.split(r", (?![^\[]*\])", allowed))
-        return f"{prefix}expected {allowed}, got {got.group(1).strip()!r}"
-    return _one_line(message if not key else f"{option}: {text[key.end() :].strip()}")
-
-
-def _section_of(error: BaseException) -> str:
-    """``data`` or ``model`` (or a callback's class name) whose constructor raised ``error``."""
-    traceback, section = error.__traceback__, ""
-    while traceback is not None:
-        frame = traceback.tb_frame
-        owner = frame.f_locals.get("self") if frame.f_code.co_name == "__init__" else None
-        if isinstance(owner, L.LightningDataModule):
-            section = "--data."
-        elif isinstance(owner, L.LightningModule):
-            section = "--model."
-        elif isinstance(owner, L.Callback):
-            section = f"--trainer.callbacks: {type(owner).__name__}: "
-        elif isinstance(owner, L.Trainer):
-            section = "--trainer: "
-        traceback = traceback.tb_next
-    return section
 
 
 def _is_run_logger(config: Any) -> bool:
@@ -118,6 +74,10 @@ class MNISTLinearCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        # The assignment's rules, each a section of its own: --annealing.T, --early_stopping.*
+        parser.add_lightning_class_args(LearningRateAnnealing, "annealing")
+        parser.add_lightning_class_args(ValidationLossEarlyStopping, "early_stopping")
+        parser.add_lightning_class_args(WeightImageLogger, "weight_images")
         parser.add_argument(
             "--ckpt_path",
             type=str | None,
@@ -130,28 +90,14 @@ class MNISTLinearCLI(LightningCLI):
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         try:
             super().parse_arguments(parser, args)
-        except ArgumentError as error:
-            raise UsageError(describe_parse_error(str(error))) from None
+        except ArgumentError as error:  # jsonargparse's message names the option and the value
+            raise UsageError(one_line(str(error))) from None
         ckpt_path = self.config.get("ckpt_path")
         if ckpt_path is not None:
             try:
                 self.checkpoint = read_checkpoint(ckpt_path)
             except CheckpointError as error:
                 raise UsageError(f"--ckpt_path: {error}") from None
-        # LinearClassifier takes its own plain SGD steps (manual optimisation).
-        trainer = self.config.get("trainer") or {}
-        clip = trainer.get("gradient_clip_val")
-        if clip is not None and clip != 0:
-            raise UsageError(
-                f"--trainer.gradient_clip_val: expected null or 0, got {clip!r}: "
-                "each step is plain SGD on the hand-derived gradient, unclipped"
-            )
-        accumulate = trainer.get("accumulate_grad_batches", 1)
-        if accumulate != 1:
-            raise UsageError(
-                f"--trainer.accumulate_grad_batches: expected 1, got {accumulate!r}: "
-                "each batch is one SGD step; set --data.batch_size for larger batches"
-            )
 
     def before_instantiate_classes(self) -> None:
         """Keep the config as given, then claim the run folder of a configured logger."""
@@ -194,7 +140,12 @@ class MNISTLinearCLI(LightningCLI):
             kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
         if trainer_config.get("profiler") is None:
             kwargs["profiler"] = NullProfiler()
-        return super().instantiate_trainer(**kwargs)
+        try:
+            return super().instantiate_trainer(**kwargs)
+        except BaseException:
+            if self.run_dir is not None and not any(self.run_dir.iterdir()):
+                self.run_dir.rmdir()  # a Trainer refused before anything was written
+            raise
 
     def _run_folder(self, trainer_config: dict[str, Any]) -> dict[str, Any]:
         """Trainer arguments that put this run in its own folder, and ``self.run_dir``."""
@@ -225,19 +176,8 @@ class MNISTLinearCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
-        except (ValueError, MisconfigurationException) as error:
-            message = str(error)
-            if "Subtypes:" in message:
-                raise UsageError(describe_parse_error(message)) from None
-            section = _section_of(error)
-            if section == "--trainer: ":
-                trainer = self.config.get("trainer", {})
-                section = "--trainer ({}): ".format(
-                    ", ".join(
-                        f"{k}={trainer.get(k)!r}" for k in ("accelerator", "devices", "strategy")
-                    )
-                )
-            raise UsageError(section + _one_line(message)) from None
+        except (ValueError, MisconfigurationException) as error:  # a constructor's own check
+            raise UsageError(one_line(str(error))) from None
 
 
 def fit_and_report(cli: MNISTLinearCLI) -> dict[str, Any] | None:
@@ -285,8 +225,8 @@ def main(args: Sequence[str] | None = None) -> None:
         fail(f"--data.{error}", USAGE_ERROR)
     except MNISTFilesError as error:
         fail(str(error), 1)
-    except MisconfigurationException as error:  # a Trainer flag that does not fit this data
-        fail(_one_line(str(error)), USAGE_ERROR)
+    except MisconfigurationException as error:  # a Trainer flag that cannot apply here
+        fail(one_line(str(error)), USAGE_ERROR)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import torch
 import torchvision
 from torch.utils.data import DataLoader, TensorDataset
 
-from mnist_linear.errors import check_int
+from mnist_linear.errors import Digit, PositiveInt, Seed, check_int
 from mnist_linear.mnist_files import ensure_mnist
 from mnist_linear.samplers import SequentialStepSampler, ShardSampler, StepPartitionSampler
 
@@ -72,13 +72,13 @@ class MNISTSubsetDataModule(L.LightningDataModule):
     def __init__(
         self,
         data_dir: str = "data",
-        classes: list[int] | None = None,
-        train_size: int = 20000,
-        val_size: int = 2000,
-        test_size: int = 2000,
-        batch_size: int = 40,
+        classes: list[Digit] | None = None,
+        train_size: PositiveInt = 20000,
+        val_size: PositiveInt = 2000,
+        test_size: PositiveInt = 2000,
+        batch_size: PositiveInt = 40,
         shuffle: bool = True,
-        seed: int = 42,
+        seed: Seed = 42,
     ) -> None:
         super().__init__()
         self.classes = _check_classes(classes)

@@ -1,4 +1,9 @@
-"""Bad input, answered in one line: argument checks and the command-line exit."""
+"""Bad input, answered in one line: argument types and checks, and the command-line exit.
+
+The types below annotate the arguments of the project's classes, so that jsonargparse
+(and so ``train.py``) refuses a bad value while parsing, naming the option and the
+value. The constructors check the same bounds again for Python callers.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +11,32 @@ import argparse
 import sys
 from typing import NoReturn
 
+from jsonargparse.typing import (
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    restricted_number_type,
+)
+
+__all__ = [
+    "USAGE_ERROR",
+    "Digit",
+    "Momentum",
+    "NonNegativeFloat",
+    "NonNegativeInt",
+    "PositiveFloat",
+    "PositiveInt",
+    "Seed",
+    "check_int",
+    "fail",
+]
+
 USAGE_ERROR = 2
+
+Digit = restricted_number_type("Digit", int, [(">=", 0), ("<=", 9)])
+Momentum = restricted_number_type("Momentum", float, [(">=", 0), ("<", 1)])
+Seed = restricted_number_type("Seed", int, [(">=", 0), ("<=", 2**32 - 1)])
 
 
 def check_int(

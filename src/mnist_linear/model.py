@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
-from mnist_linear.errors import check_int
+from mnist_linear.errors import Momentum, NonNegativeFloat, PositiveFloat, check_int
 from mnist_linear.gradients import cross_entropy, linear_cross_entropy, logits, probabilities
 
 NUM_FEATURES = 28 * 28
@@ -38,9 +38,9 @@ class LinearClassifier(L.LightningModule):
     def __init__(
         self,
         num_classes: int,
-        learning_rate: float,
-        l2_lambda: float = 0.0,
-        momentum: float = 0.0,
+        learning_rate: PositiveFloat,
+        l2_lambda: NonNegativeFloat = 0.0,
+        momentum: Momentum = 0.0,
         nesterov: bool = False,
     ) -> None:
         super().__init__()

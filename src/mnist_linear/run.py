@@ -102,11 +102,12 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class RunResults(L.Callback):
-    """Measure the final weights on the three whole splits when training ends.
+    """Measure the final weights on the three whole splits when fitting ends.
 
-    Runs in every process that trains, after early stopping has restored its best
-    weights; rank zero writes ``results.json`` into the run folder and prints a summary.
-    ``seconds`` counts from the start of fitting to the end of this evaluation.
+    Runs in every process that trains, at ``on_fit_end``, so after every callback's
+    ``on_train_end`` (early stopping's restore among them) whatever their order; rank
+    zero writes ``results.json`` into the run folder and prints a summary. ``seconds``
+    counts from the start of fitting to the end of this evaluation.
 
     Args:
         run_dir: The run folder; ``None`` writes nothing.
@@ -120,7 +121,7 @@ class RunResults(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._started = time.perf_counter()
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         datamodule = trainer.datamodule
         results: dict[str, Any] = {}
         for stage, split in zip(STAGES, datamodule.splits().values(), strict=True):
