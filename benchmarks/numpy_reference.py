@@ -19,6 +19,8 @@ START = time.perf_counter()
 import numpy as np  # noqa: E402
 from loop import parse_args, train  # noqa: E402
 
+from mnist_linear.splits import NUM_FEATURES, TEST_SIZE, TRAIN_SIZE, VAL_SIZE  # noqa: E402
+
 
 def read_idx(path: str, offset: int) -> np.ndarray:
     return np.fromfile(path, dtype=np.uint8, offset=offset)
@@ -30,14 +32,19 @@ def bias_trick(x: np.ndarray) -> np.ndarray:
 
 def load(data_dir: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     raw = f"{data_dir}/MNIST/raw"
-    train_x = bias_trick(read_idx(f"{raw}/train-images-idx3-ubyte", 16).reshape(-1, 784) / 255.0)
+    train_x = bias_trick(
+        read_idx(f"{raw}/train-images-idx3-ubyte", 16).reshape(-1, NUM_FEATURES) / 255.0
+    )
     train_y = read_idx(f"{raw}/train-labels-idx1-ubyte", 8).astype(np.int64)
-    test_x = bias_trick(read_idx(f"{raw}/t10k-images-idx3-ubyte", 16).reshape(-1, 784) / 255.0)
+    test_x = bias_trick(
+        read_idx(f"{raw}/t10k-images-idx3-ubyte", 16).reshape(-1, NUM_FEATURES) / 255.0
+    )
     test_y = read_idx(f"{raw}/t10k-labels-idx1-ubyte", 8).astype(np.int64)
+    end = TRAIN_SIZE + VAL_SIZE
     return {
-        "train": (train_x[:20000], train_y[:20000]),
-        "val": (train_x[20000:22000], train_y[20000:22000]),
-        "test": (test_x[-2000:], test_y[-2000:]),
+        "train": (train_x[:TRAIN_SIZE], train_y[:TRAIN_SIZE]),
+        "val": (train_x[TRAIN_SIZE:end], train_y[TRAIN_SIZE:end]),
+        "test": (test_x[-TEST_SIZE:], test_y[-TEST_SIZE:]),
     }
 
 

@@ -18,6 +18,7 @@ import torch  # noqa: E402
 from loop import parse_args, train  # noqa: E402
 
 from mnist_linear.gradients import cross_entropy, linear_cross_entropy, logits  # noqa: E402
+from mnist_linear.splits import NUM_FEATURES, TEST_SIZE, TRAIN_SIZE, VAL_SIZE  # noqa: E402
 
 
 def read_idx(path: str, offset: int) -> torch.Tensor:
@@ -27,14 +28,15 @@ def read_idx(path: str, offset: int) -> torch.Tensor:
 
 def load(data_dir: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     raw = f"{data_dir}/MNIST/raw"
-    train_x = read_idx(f"{raw}/train-images-idx3-ubyte", 16).reshape(-1, 784).float() / 255
+    train_x = read_idx(f"{raw}/train-images-idx3-ubyte", 16).reshape(-1, NUM_FEATURES).float() / 255
     train_y = read_idx(f"{raw}/train-labels-idx1-ubyte", 8).long()
-    test_x = read_idx(f"{raw}/t10k-images-idx3-ubyte", 16).reshape(-1, 784).float() / 255
+    test_x = read_idx(f"{raw}/t10k-images-idx3-ubyte", 16).reshape(-1, NUM_FEATURES).float() / 255
     test_y = read_idx(f"{raw}/t10k-labels-idx1-ubyte", 8).long()
+    end = TRAIN_SIZE + VAL_SIZE
     return {
-        "train": (train_x[:20000], train_y[:20000]),
-        "val": (train_x[20000:22000], train_y[20000:22000]),
-        "test": (test_x[-2000:], test_y[-2000:]),
+        "train": (train_x[:TRAIN_SIZE], train_y[:TRAIN_SIZE]),
+        "val": (train_x[TRAIN_SIZE:end], train_y[TRAIN_SIZE:end]),
+        "test": (test_x[-TEST_SIZE:], test_y[-TEST_SIZE:]),
     }
 
 
@@ -48,7 +50,7 @@ def main() -> None:
     args = parse_args(__doc__.split("\n\n")[0])
     splits = load(args.data_dir)
     x_train, y_train = splits["train"]
-    layer = torch.nn.Linear(784, 10)
+    layer = torch.nn.Linear(NUM_FEATURES, 10)
     torch.nn.init.zeros_(layer.weight)
     torch.nn.init.zeros_(layer.bias)
     optimizer = torch.optim.SGD(layer.parameters(), lr=args.learning_rate)

@@ -15,7 +15,8 @@ import torchvision
 
 from mnist_linear.data import MNISTSubsetDataModule
 from mnist_linear.mnist_files import ensure_mnist
-from mnist_linear.model import NUM_FEATURES, LinearClassifier
+from mnist_linear.model import LinearClassifier
+from mnist_linear.splits import NUM_FEATURES
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
+import lightning as L
 import numpy as np
 import pytest
 import torch
@@ -368,21 +369,59 @@ def test_images_of_a_real_run(logistic_run: Path) -> None:
     assert figure.shape[-2:] == (2 * 28 + 3 * 2, 2 * 28 + 3 * 2)
 
 
-def test_weight_images_are_a_quiet_no_op_without_tensorboard() -> None:
-    trainer = _trainer(loggers=[], callbacks=[], datamodule=None, global_step=0)
-    callback = WeightImageLogger()
-    model = LinearClassifier(10, learning_rate=0.1)
-    callback.on_train_start(trainer, model)
-    callback.on_train_epoch_end(trainer, model)
-    callback.on_train_end(trainer, model)
+def test_restored_weights_and_the_assignment_figure_show_the_restored_weights(
+    logistic_run: Path,
+) -> None:
+    folder = run_dir(logistic_run)
+    checkpoint = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)
+    (state,) = [v for k, v in checkpoint["callbacks"].items() if k.startswith("ValidationLoss")]
+    weight = state["best_state"]["linear.weight"]
+
+    def as_png(grid: torch.Tensor) -> torch.Tensor:  # what SummaryWriter.add_image stores
+        return (grid[0] * 255).clamp(0, 255).to(torch.uint8)
+
+    (restored,) = _images(folder, "restored_weights")
+    assert torch.equal(restored, as_png(tile_grid(weight_tiles(weight), 1)))
+    (figure,) = _images(folder, "weights_vs_means")
+    means = _images(folder, "class_means")[0]
+    assert torch.equal(figure[: means.shape[0] - 2], means[:-2])  # the means on top
+    assert torch.equal(figure[-30:-2, 2:30], restored)  # the restored weights below
 
 
-def test_progress_bar_draws_no_bar_per_evaluation_while_fitting() -> None:
+def _fit(callback: L.Callback, mnist_root: Path, tmp_path: Path, **kwargs: object) -> L.Trainer:
+    from mnist_linear.data import MNISTSubsetDataModule
+
+    trainer = L.Trainer(
+        default_root_dir=tmp_path,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        max_steps=20,
+        callbacks=[callback],
+        **kwargs,
+    )
+    datamodule = MNISTSubsetDataModule(str(mnist_root), classes=[2, 3], train_size=2000)
+    trainer.fit(LinearClassifier(2, learning_rate=0.5), datamodule=datamodule)
+    return trainer
+
+
+def test_weight_images_write_nothing_without_tensorboard(mnist_root: Path, tmp_path: Path) -> None:
+    trainer = _fit(WeightImageLogger(), mnist_root, tmp_path, logger=False,
+                   enable_progress_bar=False)  # fmt: skip
+    assert trainer.global_step == 20
+    assert list(tmp_path.rglob("*")) == []
+
+
+def test_progress_bar_draws_no_bar_per_evaluation_while_fitting(
+    mnist_root: Path, tmp_path: Path, capfd: pytest.CaptureFixture
+) -> None:
     from mnist_linear.callbacks import TrainingProgressBar
 
-    bar = TrainingProgressBar(refresh_rate=50)
-    bar._trainer = SimpleNamespace(state=SimpleNamespace(fn="fit"))
-    assert bar.init_validation_tqdm().disable
-    assert bar.refresh_rate == 50
+    trainer = _fit(TrainingProgressBar(refresh_rate=1), mnist_root, tmp_path, logger=False,
+                   val_check_interval=0.5)  # fmt: skip
+    output = "".join(capfd.readouterr())
+    assert "Epoch 0" in output and "val/acc=" in output
+    assert "Validation DataLoader" not in output
+    trainer.validate(trainer.lightning_module, datamodule=trainer.datamodule)
+    assert "Validation DataLoader" in "".join(capfd.readouterr())  # validate keeps its bar
     with pytest.raises(ValueError, match="refresh_rate must be an integer >= 0, got -1"):
         TrainingProgressBar(refresh_rate=-1)

@@ -90,15 +90,22 @@ def test_the_progress_bar_shows_the_validation_loss_and_accuracy(mnist_root) -> 
     assert trainer.progress_bar_metrics["val/acc"] == trainer.callback_metrics["val/acc"]
 
 
-def test_a_nan_loss_stays_nan_in_the_logged_metrics() -> None:
-    # torchmetrics' default drops NaN values with a warning; a diverged run must show NaN.
-    model = LinearClassifier(10, learning_rate=0.1)
-    for metric in (*model.losses, *model.accuracies):
-        metric.update(torch.tensor([0.5, float("nan"), 1.5]))
-        assert torch.isnan(metric.compute())
-        metric.reset()
-        metric.update(torch.tensor([0.5, 1.5]))
-        assert float(metric.compute()) == 1.0
+def test_a_nan_loss_goes_through_validation_and_stops_training(mnist_root) -> None:
+    from mnist_linear.callbacks import ValidationLossEarlyStopping
+
+    # torchmetrics' default would drop the NaN with a warning and log a finite loss.
+    dm = MNISTSubsetDataModule(data_dir=str(mnist_root), classes=[2, 3], train_size=2000)
+    dm.setup()
+    dm.val_set.tensors[0][5, 300] = float("nan")  # one image of the validation split
+    stopping = ValidationLossEarlyStopping()
+    trainer = _bare_trainer(max_epochs=5, callbacks=[stopping])
+    with pytest.warns(UserWarning, match="val/loss is nan at step"):
+        trainer.fit(LinearClassifier(2, learning_rate=0.1), datamodule=dm)
+    # Stopped at the first evaluation, the first epoch's end, of five.
+    assert trainer.global_step == trainer.num_training_batches
+    assert torch.isnan(trainer.callback_metrics["val/loss"])
+    assert float(trainer.callback_metrics["train/loss"]) > 0  # the other splits stay finite
+    assert stopping.best_epoch is None and "learning rate is too high" in stopping.stop_reason
 
 
 def test_bias_is_not_regularised() -> None:

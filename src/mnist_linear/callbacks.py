@@ -16,6 +16,7 @@ from torchvision.utils import make_grid
 from tqdm.auto import tqdm
 
 from mnist_linear.errors import NonNegativeInt, PositiveFloat, PositiveInt, check_int
+from mnist_linear.splits import IMAGE_SIDE
 
 TILE_PADDING = 2
 
@@ -235,7 +236,7 @@ class ValidationLossEarlyStopping(L.Callback):
 
 def weight_tiles(weight: torch.Tensor) -> torch.Tensor:
     """The rows of W (K x 784) as K single-channel 28 x 28 images."""
-    return weight.detach().float().cpu().reshape(-1, 1, 28, 28)
+    return weight.detach().float().cpu().reshape(-1, 1, IMAGE_SIDE, IMAGE_SIDE)
 
 
 def mean_tiles(class_means: torch.Tensor, binary: bool) -> torch.Tensor:

@@ -103,7 +103,7 @@ class MNISTLinearCLI(LightningCLI):
         """Keep the config as given, then claim the run folder of a configured logger."""
         config = self.config.clone()
         config.ckpt_path = None  # a rerun with --config starts afresh
-        self.config_text = self.parser.dump(config, skip_none=False)
+        self.config_text = self.parser.dump(config, skip_unset=False)
         loggers = self.config.trainer.logger
         first = loggers[0] if isinstance(loggers, list) and loggers else loggers
         if not _is_run_logger(first):

@@ -10,10 +10,15 @@ from torch.utils.data import DataLoader, TensorDataset
 from mnist_linear.errors import Digit, PositiveInt, Seed, check_int
 from mnist_linear.mnist_files import ensure_mnist
 from mnist_linear.samplers import SequentialStepSampler, ShardSampler, StepPartitionSampler
+from mnist_linear.splits import (
+    MNIST_TEST_SIZE,
+    MNIST_TRAIN_SIZE,
+    NUM_FEATURES,
+    TEST_SIZE,
+    TRAIN_SIZE,
+    VAL_SIZE,
+)
 
-MNIST_TRAIN_SIZE = 60000
-MNIST_TEST_SIZE = 10000
-NUM_FEATURES = 28 * 28
 EVAL_CHUNK_SIZE = 20000
 
 
@@ -73,9 +78,9 @@ class MNISTSubsetDataModule(L.LightningDataModule):
         self,
         data_dir: str = "data",
         classes: list[Digit] | None = None,
-        train_size: PositiveInt = 20000,
-        val_size: PositiveInt = 2000,
-        test_size: PositiveInt = 2000,
+        train_size: PositiveInt = TRAIN_SIZE,
+        val_size: PositiveInt = VAL_SIZE,
+        test_size: PositiveInt = TEST_SIZE,
         batch_size: PositiveInt = 40,
         shuffle: bool = True,
         seed: Seed = 42,

@@ -11,8 +11,8 @@ from torchmetrics import MeanMetric
 
 from mnist_linear.errors import Momentum, NonNegativeFloat, PositiveFloat, check_int
 from mnist_linear.gradients import cross_entropy, linear_cross_entropy, logits, probabilities
+from mnist_linear.splits import NUM_FEATURES
 
-NUM_FEATURES = 28 * 28
 STAGES = ("train", "val", "test")
 
 
