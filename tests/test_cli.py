@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -239,3 +241,45 @@ def test_ddp_two_processes_train_exactly_what_one_process_trains(
     for key in ("train/acc", "val/acc", "test/acc", "train/loss", "val/loss", "test/loss"):
         assert two[key] == pytest.approx(one[key], abs=1e-5), key
     assert two["best_epoch"] == one["best_epoch"]
+
+
+@pytest.mark.slow
+def test_a_runs_saved_config_reruns_to_the_same_results(
+    logistic_run: Path, mnist_root: Path, tmp_path: Path
+) -> None:
+    saved = run_dir(logistic_run) / "config.yaml"
+    command = [sys.executable, str(REPO / "train.py"), f"--config={saved}",
+               f"--trainer.default_root_dir={tmp_path}"]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    expected, got = read_results(logistic_run), read_results(tmp_path)
+    assert {k: v for k, v in got.items() if k != "seconds"} == {
+        k: v for k, v in expected.items() if k != "seconds"
+    }
+
+
+@pytest.mark.parametrize("config", ["logistic.yaml", "softmax.yaml"])
+def test_shipped_configs_fit_as_shipped_with_the_progress_bar(
+    config: str, mnist_root: Path, tmp_path: Path, monkeypatch, capfd
+) -> None:
+    monkeypatch.setattr("sys.argv", ["train.py"])
+    main([f"--config={REPO / 'configs' / config}", "--trainer.max_epochs=1",
+          f"--data.data_dir={mnist_root}", f"--trainer.default_root_dir={tmp_path}"])  # fmt: skip
+    output = "".join(capfd.readouterr())
+    assert "Traceback" not in output and "val/acc=" in output
+    results = read_results(tmp_path)
+    assert results["global_step"] == (100 if config == "logistic.yaml" else 500)
+    assert results["val/acc"] > (0.95 if config == "logistic.yaml" else 0.85)
+
+
+@pytest.mark.slow
+def test_the_readme_logistic_row(mnist_root: Path, tmp_path: Path) -> None:
+    # configs/logistic.yaml as shipped: 21 epochs, best epoch 9, 96.91% / 98.77%.
+    done = run_train("--config=configs/logistic.yaml", root=tmp_path, mnist=mnist_root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = read_results(tmp_path)
+    assert (results["stopped_epoch"], results["best_epoch"]) == (20, 9)
+    assert round(100 * results["train/acc"], 2) == 97.50
+    assert round(100 * results["val/acc"], 2) == 96.91  # 408 of 421
+    assert round(100 * results["test/acc"], 2) == 98.77  # 400 of 405
+    assert round(results["val/loss"], 4) == 0.0867
