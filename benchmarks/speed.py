@@ -14,7 +14,10 @@ alone. Also prints Lightning's cost per step and per evaluation, measured in-pro
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -23,6 +26,31 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def machine() -> dict[str, object]:
+    """What the ratios depend on: the processor, the threads, and each library's BLAS."""
+    import numpy as np
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as info:
+        names = [line.split(":", 1)[1].strip() for line in info if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    numpy_blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+    torch_blas = next(
+        (part.split("=", 1)[1] for part in torch.__config__.show().replace(",", " ").split()
+         if part.startswith("BLAS_INFO=")), "unknown",
+    )  # fmt: skip
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "numpy_blas": f"{numpy_blas.get('name')} {numpy_blas.get('version', '')}".strip(),
+        "torch_blas": torch_blas,
+        "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
+        "python": platform.python_version(),
+    }
 
 
 def timed(command: list[str]) -> tuple[float, str]:
@@ -135,6 +163,7 @@ def main() -> None:
     breakdown = lightning_breakdown(args.data_dir, args.breakdown_epochs)
     a, b, c = (statistics.median(t) for t in (a_times, b_times, c_times))
     report = {
+        "machine": machine(),
         "epochs": epochs,
         "steps": results["global_step"],
         "repeats": args.repeats,
