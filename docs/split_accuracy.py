@@ -16,7 +16,6 @@ import torchvision
 from mnist_linear.data import MNISTSubsetDataModule
 from mnist_linear.mnist_files import ensure_mnist
 from mnist_linear.model import LinearClassifier
-from mnist_linear.splits import NUM_FEATURES
 
 
 def main() -> None:
@@ -32,14 +31,7 @@ def main() -> None:
     start, end = data.train_size, data.train_size + data.val_size
 
     def accuracy(split: torchvision.datasets.MNIST, first: int, stop: int) -> float:
-        x = split.data[first:stop].reshape(-1, NUM_FEATURES).float() / 255
-        digits = split.targets[first:stop]
-        if data.classes is None:
-            labels = digits
-        else:
-            positive, negative = data.classes
-            keep = (digits == positive) | (digits == negative)
-            x, labels = x[keep], (digits[keep] == positive).long()
+        x, labels = data.subset(split.data[first:stop], split.targets[first:stop]).tensors
         return 100 * (model.predict(x) == labels).float().mean().item()
 
     rows = [

@@ -141,13 +141,13 @@ class MNISTSubsetDataModule(L.LightningDataModule):
         train = torchvision.datasets.MNIST(root, train=True, download=False)
         test = torchvision.datasets.MNIST(root, train=False, download=False)
         end = self.train_size + self.val_size
-        self.train_set = self._subset(
+        self.train_set = self.subset(
             train.data[: self.train_size], train.targets[: self.train_size]
         )
-        self.val_set = self._subset(
+        self.val_set = self.subset(
             train.data[self.train_size : end], train.targets[self.train_size : end]
         )
-        self.test_set = self._subset(test.data[-self.test_size :], test.targets[-self.test_size :])
+        self.test_set = self.subset(test.data[-self.test_size :], test.targets[-self.test_size :])
         x, y = self.train_set.tensors
         self.class_means = torch.stack([x[y == k].mean(dim=0) for k in range(self.num_classes)])
         num_replicas, _ = self._replicas()
@@ -157,7 +157,8 @@ class MNISTSubsetDataModule(L.LightningDataModule):
                 f"{len(x)} images on {num_replicas} process(es), got {self.batch_size}"
             )
 
-    def _subset(self, images: torch.Tensor, digits: torch.Tensor) -> TensorSplit:
+    def subset(self, images: torch.Tensor, digits: torch.Tensor) -> TensorSplit:
+        """Raw MNIST images (uint8, N x 28 x 28) and digits as a split: pixels and labels."""
         if self.classes is None:
             labels = digits
         else:
