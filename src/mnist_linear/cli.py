@@ -36,11 +36,11 @@ from mnist_linear.mnist_files import MNISTFilesError
 from mnist_linear.model import LinearClassifier
 from mnist_linear.profiling import NullProfiler
 from mnist_linear.run import (
-    VERSION_PREFIX,
     AtomicCheckpointIO,
     CheckpointError,
     RunResults,
-    claim_version,
+    claim_run_folder,
+    logger_version,
     read_checkpoint,
     run_folder_of,
 )
@@ -53,12 +53,6 @@ class UsageError(Exception):
 def one_line(message: str) -> str:
     """``message`` with its line breaks and indentation folded into single spaces."""
     return " ".join(message.split())
-
-
-def _is_run_logger(config: Any) -> bool:
-    """A logger's config whose class writes into ``<save_dir>/<name>/version_N``."""
-    class_path = getattr(config, "class_path", "") or ""
-    return class_path.endswith(("TensorBoardLogger", "CSVLogger"))
 
 
 class MNISTLinearCLI(LightningCLI):
@@ -106,17 +100,12 @@ class MNISTLinearCLI(LightningCLI):
         self.config_text = self.parser.dump(config, skip_unset=False)
         loggers = self.config.trainer.logger
         first = loggers[0] if isinstance(loggers, list) and loggers else loggers
-        if not _is_run_logger(first):
-            return
-        init = first.init_args
-        if init.get("version") is None:
-            if rank_zero_only.rank != 0:
-                return  # rank zero's folder reaches the other processes through Lightning
+        class_path = getattr(first, "class_path", None) or ""
+        if class_path.endswith(("TensorBoardLogger", "CSVLogger")) and rank_zero_only.rank == 0:
+            init = first.init_args
             name = init.get("name") or "lightning_logs"
-            init.version = claim_version(Path(init.save_dir) / name)
-        version = init.version
-        folder = version if isinstance(version, str) else f"{VERSION_PREFIX}{version}"
-        self.run_dir = Path(init.save_dir) / (init.get("name") or "lightning_logs") / folder
+            self.run_dir = claim_run_folder(init.save_dir, name, init.get("version"))
+            init.version = logger_version(self.run_dir)
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """The Trainer, with a run folder of its own under ``default_root_dir``.
@@ -148,30 +137,28 @@ class MNISTLinearCLI(LightningCLI):
             raise
 
     def _run_folder(self, trainer_config: dict[str, Any]) -> dict[str, Any]:
-        """Trainer arguments that put this run in its own folder, and ``self.run_dir``."""
+        """Trainer arguments that put a run without a configured logger in its own folder."""
         logger = trainer_config.get("logger")
         if logger not in (None, True, False):
             return {}  # the configured logger's folder, claimed in before_instantiate_classes
-        root = Path(trainer_config.get("default_root_dir") or os.getcwd())
+        root = trainer_config.get("default_root_dir") or os.getcwd()
         ckpt_path = self.config.get("ckpt_path")
         resumed_in = None if ckpt_path is None else run_folder_of(ckpt_path)
         if resumed_in is not None:
-            save_dir, name, version = resumed_in.parents[1], resumed_in.parent.name, resumed_in.name
             self.run_dir = resumed_in
-        elif rank_zero_only.rank == 0:
-            save_dir, name = root, "lightning_logs"
-            version = claim_version(save_dir / name)
-            self.run_dir = save_dir / name / f"{VERSION_PREFIX}{version}"
-        else:  # rank zero's folder reaches the other processes through Lightning
-            save_dir, name, version = root, "lightning_logs", None
+        elif rank_zero_only.rank == 0:  # rank zero's folder reaches the others through Lightning
+            self.run_dir = claim_run_folder(root)
         if logger is False:
             return {} if self.run_dir is None else {"default_root_dir": str(self.run_dir)}
+        run = self.run_dir or Path(root, "lightning_logs", "unclaimed")
+        version = None if self.run_dir is None else logger_version(run)
         # Resumed: TensorBoard hides what the interrupted run logged after the checkpoint.
         purge = {} if resumed_in is None else {"purge_step": self.checkpoint["global_step"]}
-        tensorboard = TensorBoardLogger(
-            save_dir, name=name, version=version, default_hp_metric=False, **purge
-        )
-        return {"logger": tensorboard}
+        return {
+            "logger": TensorBoardLogger(
+                run.parents[1], run.parent.name, version, default_hp_metric=False, **purge
+            )
+        }
 
     def instantiate_classes(self) -> None:
         try:

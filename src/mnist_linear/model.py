@@ -73,14 +73,6 @@ class LinearClassifier(L.LightningModule):
         self.losses = nn.ModuleList([MeanMetric(nan_strategy="disable") for _ in STAGES])
         self.accuracies = nn.ModuleList([MeanMetric(nan_strategy="disable") for _ in STAGES])
 
-    def __setattr__(self, name: str, value: object) -> None:
-        # Lightning sets _current_fx_name around every hook, over 40 times a step, and
-        # nn.Module.__setattr__ made that a quarter of the step time of this small model.
-        if name == "_current_fx_name":
-            self.__dict__[name] = value
-        else:
-            super().__setattr__(name, value)
-
     @property
     def binary(self) -> bool:
         return self.hparams.num_classes == 2

@@ -51,6 +51,27 @@ def claim_version(parent: str | os.PathLike) -> int:
             version += 1
 
 
+def claim_run_folder(
+    save_dir: str | os.PathLike, name: str = "lightning_logs", version: int | str | None = None
+) -> Path:
+    """``save_dir/name/version_N`` as a ``TensorBoardLogger`` or ``CSVLogger`` names it.
+
+    With ``version=None`` the next free N is claimed (:func:`claim_version`).
+    """
+    if version is None:
+        version = claim_version(Path(save_dir) / name)
+    folder = version if isinstance(version, str) else f"{VERSION_PREFIX}{version}"
+    return Path(save_dir) / name / folder
+
+
+def logger_version(folder: Path) -> int | str:
+    """The ``version`` argument that makes a logger write into ``folder``."""
+    number = folder.name[len(VERSION_PREFIX) :]
+    return (
+        int(number) if folder.name.startswith(VERSION_PREFIX) and number.isdigit() else folder.name
+    )
+
+
 def run_folder_of(checkpoint: str | os.PathLike) -> Path | None:
     """The run folder that holds ``checkpoint`` in its ``checkpoints/``, if it is one."""
     folder = Path(checkpoint).resolve().parent
