@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, run_dir
+from conftest import run_dir
 from PIL import Image
 
 from mnist_linear.report import main
@@ -39,17 +37,17 @@ def test_sweep_figures_from_a_folder_of_runs(sweep_root: Path, tmp_path: Path) -
         _check_png(path, 300, 150)
 
 
-def _report(*args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "mnist_linear.report", *args]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
-
-
-def test_folder_without_a_run_is_refused_in_one_line(tmp_path: Path) -> None:
+def test_folder_without_a_run_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     (tmp_path / "empty").mkdir()
-    done = _report(str(tmp_path / "empty"), "--out", str(tmp_path / "out"))
-    assert done.returncode == 2
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path / "empty"), "--out", str(tmp_path / "out")])
+    assert stop.value.code == 2
     message = "holds no run: no events.out.tfevents.* file in it or its subfolders"
-    assert done.stderr.strip().splitlines() == [f"error: {tmp_path / 'empty'} {message}"]
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {tmp_path / 'empty'} {message}"
+    ]
     assert not (tmp_path / "out").exists()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import runpy
 import signal
 import stat
 import subprocess
@@ -192,20 +193,19 @@ def test_overfit_batches_trains_and_evaluates_the_first_batches_unshuffled(
 
 @pytest.mark.slow
 def test_restored_and_best_weights_are_those_of_the_recorded_evaluation(
-    tmp_path: Path, mnist_root: Path
+    tmp_path: Path, mnist_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # 4s and 9s: 98 batches an epoch, so the epoch's last evaluation comes before its end.
-    done = run_train("--config=configs/logistic.yaml", "--data.classes=[4,9]",
-                     "--trainer.max_epochs=3", root=tmp_path, mnist=mnist_root)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    monkeypatch.setattr("sys.argv", ["train.py"])
+    assert _main(["--data.classes=[4,9]", "--data.train_size=20000", "--trainer.max_epochs=3"],
+                 tmp_path, mnist_root) == 0  # fmt: skip
     folder = run_dir(tmp_path)
     results = read_results(tmp_path)
     events = EventAccumulator(str(folder), size_guidance={"scalars": 0})
     events.Reload()
     logged = {e.step: e.value for e in events.Scalars("val/loss")}
     assert 89 in logged and 97 not in logged  # every 9 steps: none at the epoch's end, 97
-    last = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)
-    (state,) = [v for k, v in last["callbacks"].items() if k.startswith("ValidationLoss")]
+    state = _stopping(torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True))
     # Lightning logs an evaluation after S steps at TensorBoard step S - 1.
     assert logged[state["best_step"] - 1] == pytest.approx(results["val/loss"], abs=1e-7)
     (best,) = (folder / "checkpoints").glob("best-*.ckpt")
@@ -261,6 +261,11 @@ def test_an_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path: Path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~_umask()
 
 
+def _stopping(checkpoint: dict) -> dict:
+    (state,) = [v for k, v in checkpoint["callbacks"].items() if k.startswith("ValidationLoss")]
+    return state
+
+
 def _wait_for_epochs(path: Path, epochs: int, process: subprocess.Popen) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and process.poll() is None:
@@ -299,6 +304,12 @@ def test_a_killed_run_resumes_in_its_folder_to_the_uninterrupted_result(
     for key in expected:
         if key != "seconds":
             assert got[key] == expected[key], key
+    a, b = (torch.load(run_dir(r) / "checkpoints" / "last.ckpt", weights_only=True)
+            for r in (whole, root))  # fmt: skip
+    assert a["global_step"] == b["global_step"]
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    assert _stopping(a)["history"] == _stopping(b)["history"]
     # One run in TensorBoard: two event files, no step logged twice once the purge applies.
     events = EventAccumulator(str(run_dir(root)), size_guidance={"scalars": 0})
     events.Reload()
@@ -331,41 +342,15 @@ def test_ctrl_c_stops_gracefully_without_results_and_leaves_a_resumable_checkpoi
 
 @pytest.mark.parametrize("classes", ["[2,3]", "null"])
 def test_split_accuracy_script_reads_both_kinds_of_checkpoint(
-    classes: str, tmp_path: Path, mnist_root: Path, monkeypatch
+    classes: str, tmp_path: Path, mnist_root: Path, monkeypatch, capsys
 ) -> None:
     monkeypatch.setattr("sys.argv", ["train.py"])
     assert _main([f"--data.classes={classes}", "--trainer.max_epochs=1"], tmp_path, mnist_root) == 0
     (best,) = (run_dir(tmp_path) / "checkpoints").glob("best-*.ckpt")
-    done = subprocess.run(
-        [sys.executable, "docs/split_accuracy.py", str(best), f"--data_dir={mnist_root}"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    rows = dict(line.rsplit(maxsplit=1) for line in done.stdout.strip().splitlines())
+    capsys.readouterr()
+    script = REPO / "docs" / "split_accuracy.py"
+    monkeypatch.setattr("sys.argv", [str(script), str(best), f"--data_dir={mnist_root}"])
+    runpy.run_path(str(script), run_name="__main__")
+    rows = dict(line.rsplit(maxsplit=1) for line in capsys.readouterr().out.strip().splitlines())
     validation = float(rows["validation split, train[2000:4000]"].rstrip("%"))
     assert validation == pytest.approx(100 * read_results(tmp_path)["val/acc"], abs=0.01)
-
-
-# --- The shipped config as shipped, progress bar on ----------------------------------------
-
-
-@pytest.mark.slow
-def test_early_stopping_message_gets_a_line_of_its_own_under_the_progress_bar(
-    tmp_path: Path, mnist_root: Path
-) -> None:
-    command = [
-        sys.executable, str(REPO / "train.py"), *KILLED, "--trainer.max_epochs=100",
-        f"--data.data_dir={mnist_root}", f"--trainer.default_root_dir={tmp_path}",
-    ]  # fmt: skip
-    done = subprocess.run(
-        command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=240
-    )  # one stream, as a terminal shows it
-    output = done.stdout
-    assert done.returncode == 0, output[-3000:]
-    assert "Early stopping in epoch" in output
-    assert all(
-        line.startswith("Early stopping")
-        for line in output.splitlines()
-        if "Early stopping" in line
-    )
-    assert "val/acc=" in output  # the bar was drawn, with the validation numbers
