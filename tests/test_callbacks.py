@@ -68,9 +68,7 @@ def test_annealing_sets_every_group_before_each_step_from_global_step() -> None:
     callback = LearningRateAnnealing(T=10)
     module = SimpleNamespace(log=lambda *args, **kwargs: None)
     for step in (0, 5, 10, 30):
-        callback.on_train_batch_start(
-            _trainer(global_step=step, optimizers=[optimizer]), module, None, 0
-        )
+        callback.on_before_optimizer_step(_trainer(global_step=step), module, optimizer)
         assert optimizer.param_groups[0]["lr"] == pytest.approx(0.4 / (1 + step / 10))
         assert optimizer.param_groups[0]["initial_lr"] == 0.4
 
@@ -93,7 +91,8 @@ def test_logged_rate_follows_the_formula_in_a_real_run(logistic_run: Path) -> No
     events = accumulator.Scalars("lr")
     assert len(events) >= 5
     for event in events:
-        assert event.value == pytest.approx(0.2 / (1 + event.step / 1000), rel=1e-6)
+        # Logged after S steps: the rate of the last of them, step t = S - 1.
+        assert event.value == pytest.approx(0.2 / (1 + (event.step - 1) / 1000), rel=1e-6)
 
 
 # --- ValidationLossEarlyStopping: the rule on synthetic sequences ----------------------------

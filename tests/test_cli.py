@@ -49,7 +49,7 @@ def test_metrics_are_logged_ten_times_per_epoch(logistic_run: Path) -> None:
     accumulator = events(run_dir(logistic_run))
     for tag in ("train/loss", "val/acc", "test/acc", "weight_norm"):
         steps = [e.step for e in accumulator.Scalars(tag)]
-        assert steps == list(range(9, 300, 10)), tag
+        assert steps == list(range(10, 301, 10)), tag  # after every block of 10 steps
 
 
 def test_saved_config_is_the_resolved_one(logistic_run: Path, mnist_root: Path) -> None:
@@ -100,7 +100,8 @@ def test_every_shipped_config_parses(
     )
     assert cli.model.hparams.num_classes == cli.datamodule.num_classes
     assert cli.trainer.max_epochs == 100
-    assert cli.trainer.val_check_interval == 0.1
+    assert cli.trainer.val_check_interval == 1  # after every block
+    assert cli.datamodule.evaluations_per_epoch == 10
     assert cli.datamodule.batch_size == 40
 
 

@@ -98,7 +98,7 @@ def test_class_means_are_mean_training_images(twos_threes) -> None:
 def _epoch_order(dm: MNISTSubsetDataModule, epoch: int) -> torch.Tensor:
     loader = dm.train_dataloader()
     loader.sampler.set_epoch(epoch)
-    return torch.cat([y for _, y in loader])
+    return torch.cat([y.reshape(-1) for _, y in loader])
 
 
 def test_training_order_is_fixed_by_seed_and_epoch(mnist_root: Path, twos_threes) -> None:
@@ -112,11 +112,24 @@ def test_training_order_is_fixed_by_seed_and_epoch(mnist_root: Path, twos_threes
     assert not torch.equal(first, _epoch_order(other_seed, 3))
 
 
-def test_train_loader_serves_full_batches_and_drops_the_rest(twos_threes) -> None:
+def test_train_loader_serves_blocks_of_full_batches_and_drops_the_rest(twos_threes) -> None:
     loader = twos_threes.train_dataloader()
-    batches = list(loader)
-    assert len(loader) == len(batches) == 100
-    assert all(x.shape == (40, 784) and y.shape == (40,) for x, y in batches)
+    blocks = list(loader)
+    assert len(loader) == len(blocks) == 10  # one block per evaluation
+    assert all(x.shape == (10, 40, 784) and y.shape == (10, 40) for x, y in blocks)
+    x, y = twos_threes.train_set.tensors
+    order = loader.sampler.steps()  # the epoch's 100 mini-batches
+    assert torch.equal(torch.cat([bx for bx, _ in blocks]), x[order])
+    assert torch.equal(torch.cat([by for _, by in blocks]), y[order])
+
+
+@pytest.mark.parametrize("evaluations, sizes", [(10, [10] * 8 + [9] * 2), (3, [33, 33, 32])])
+def test_blocks_differ_by_at_most_one_step(mnist_root: Path, evaluations, sizes) -> None:
+    dm = MNISTSubsetDataModule(
+        data_dir=str(mnist_root), classes=[4, 9], evaluations_per_epoch=evaluations
+    )
+    dm.setup()  # 4s and 9s: 98 steps an epoch
+    assert [len(x) for x, _ in dm.train_dataloader()] == sizes
 
 
 def test_a_batch_is_gathered_row_for_row_as_advanced_indexing_would(all_digits) -> None:
@@ -125,6 +138,9 @@ def test_a_batch_is_gathered_row_for_row_as_advanced_indexing_would(all_digits) 
     index = torch.randperm(len(split), generator=torch.Generator().manual_seed(0))[:40]
     bx, by = split[index]
     assert torch.equal(bx, x[index]) and torch.equal(by, y[index])
+    block = index.view(4, 10)
+    bx, by = split[block]
+    assert torch.equal(bx, x[block]) and torch.equal(by, y[block])
     sx, sy = split[slice(100, 140)]
     assert sx.data_ptr() == x[100].data_ptr() and torch.equal(sy, y[100:140])
     px, py = split[7]
@@ -134,7 +150,7 @@ def test_a_batch_is_gathered_row_for_row_as_advanced_indexing_would(all_digits) 
 def test_unshuffled_order_is_the_split_order(mnist_root: Path) -> None:
     dm = MNISTSubsetDataModule(data_dir=str(mnist_root), shuffle=False, batch_size=64)
     dm.setup()
-    xs = torch.cat([x for x, _ in dm.train_dataloader()])
+    xs = torch.cat([x.reshape(-1, 784) for x, _ in dm.train_dataloader()])
     assert torch.equal(xs, dm.train_set.tensors[0][: 312 * 64])
 
 

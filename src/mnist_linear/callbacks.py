@@ -42,13 +42,12 @@ class LearningRateAnnealing(L.Callback):
         """lr0 / (1 + step / T), or lr0 when T is None."""
         return lr0 if self.T is None else lr0 / (1.0 + step / self.T)
 
-    def on_train_batch_start(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    def on_before_optimizer_step(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, optimizer: torch.optim.Optimizer
     ) -> None:
-        for optimizer in trainer.optimizers:
-            for group in optimizer.param_groups:
-                lr0 = group.setdefault("initial_lr", group["lr"])
-                group["lr"] = self.rate(lr0, trainer.global_step)
+        for group in optimizer.param_groups:
+            lr0 = group.setdefault("initial_lr", group["lr"])
+            group["lr"] = self.rate(lr0, trainer.global_step)
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Logged at the evaluation points, next to the metrics: self.log on every step

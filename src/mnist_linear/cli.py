@@ -152,8 +152,9 @@ class MNISTLinearCLI(LightningCLI):
             return {} if self.run_dir is None else {"default_root_dir": str(self.run_dir)}
         run = self.run_dir or Path(root, "lightning_logs", "unclaimed")
         version = None if self.run_dir is None else logger_version(run)
-        # Resumed: TensorBoard hides what the interrupted run logged after the checkpoint.
-        purge = {} if resumed_in is None else {"purge_step": self.checkpoint["global_step"]}
+        # Resumed: TensorBoard hides what the interrupted run logged after the checkpoint,
+        # whose last evaluation and images were logged at its own step.
+        purge = {} if resumed_in is None else {"purge_step": self.checkpoint["global_step"] + 1}
         return {
             "logger": TensorBoardLogger(
                 run.parents[1], run.parent.name, version, default_hp_metric=False, **purge

@@ -40,13 +40,19 @@ def _check_classes(classes: object) -> tuple[int, int] | None:
 class TensorSplit(TensorDataset):
     """A :class:`~torch.utils.data.TensorDataset` indexed by a whole batch at a time.
 
-    An index tensor gathers its rows with ``index_select``, which costs a third of
-    ``x[index]``'s advanced indexing for a batch of 40 rows; a slice gives views.
+    An index tensor of any shape gathers its rows with one ``index_select`` each, which
+    costs a third of ``x[index]``'s advanced indexing for a batch of 40 rows; each result
+    has the index's shape in front (a block of S steps of B images gives S x B x 784).
+    A slice gives views.
     """
 
     def __getitem__(self, index: torch.Tensor | slice | int) -> tuple[torch.Tensor, ...]:
         if isinstance(index, torch.Tensor):
-            return tuple(tensor.index_select(0, index) for tensor in self.tensors)
+            flat = index.reshape(-1)
+            return tuple(
+                tensor.index_select(0, flat).view(*index.shape, *tensor.shape[1:])
+                for tensor in self.tensors
+            )
         return super().__getitem__(index)
 
 
@@ -70,6 +76,9 @@ class MNISTSubsetDataModule(L.LightningDataModule):
         val_size: Images taken right after the training images.
         test_size: Images taken from the end of the MNIST test set.
         batch_size: Training images per step and process.
+        evaluations_per_epoch: The training loader yields each epoch as this many blocks
+            of consecutive mini-batches (their step counts differ by at most one), and
+            the Trainer evaluates after each block (``val_check_interval: 1``).
         shuffle: Shuffle the training split every epoch, from ``seed`` and the epoch.
         seed: Seed of the shuffling, from 0 to 2**32 - 1.
     """
@@ -82,6 +91,7 @@ class MNISTSubsetDataModule(L.LightningDataModule):
         val_size: PositiveInt = VAL_SIZE,
         test_size: PositiveInt = TEST_SIZE,
         batch_size: PositiveInt = 40,
+        evaluations_per_epoch: PositiveInt = 10,
         shuffle: bool = True,
         seed: Seed = 42,
     ) -> None:
@@ -92,6 +102,7 @@ class MNISTSubsetDataModule(L.LightningDataModule):
             ("val_size", val_size),
             ("test_size", test_size),
             ("batch_size", batch_size),
+            ("evaluations_per_epoch", evaluations_per_epoch),
         ):
             check_int(name, value, 1, allowed="a positive integer")
         if train_size + val_size > MNIST_TRAIN_SIZE:
@@ -110,6 +121,7 @@ class MNISTSubsetDataModule(L.LightningDataModule):
         self.data_dir = data_dir
         self.train_size, self.val_size, self.test_size = train_size, val_size, test_size
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
+        self.evaluations_per_epoch = evaluations_per_epoch
         self.train_set: TensorSplit | None = None
         self.val_set: TensorSplit | None = None
         self.test_set: TensorSplit | None = None
@@ -181,23 +193,30 @@ class MNISTSubsetDataModule(L.LightningDataModule):
         return DataLoader(dataset, sampler=sampler, batch_size=None)
 
     def train_dataloader(self) -> DataLoader:
-        """Mini-batches of ``batch_size``; the last partial batch is dropped.
+        """Blocks of mini-batches of ``batch_size``, ``evaluations_per_epoch`` of them an epoch.
 
-        Under the Trainer's ``overfit_batches`` they come in the split's order, unshuffled.
+        A block is ``(x, y)`` of shapes (steps, batch_size, 784) and (steps, batch_size);
+        the last partial mini-batch is dropped. Under the Trainer's ``overfit_batches``
+        the blocks come in the split's order, unshuffled.
         """
         num_replicas, rank = self._replicas()
+        blocks = self.evaluations_per_epoch
         if self._overfitting():
-            sampler = SequentialStepSampler(self.train_set, self.batch_size, num_replicas, rank)
+            sampler = SequentialStepSampler(
+                self.train_set, self.batch_size, num_replicas, rank, blocks
+            )
         else:
             sampler = StepPartitionSampler(
-                self.train_set, self.batch_size, self.shuffle, self.seed, num_replicas, rank
+                self.train_set, self.batch_size, self.shuffle, self.seed, num_replicas, rank, blocks
             )
         return self._loader(self.train_set, sampler)
 
     def _eval_loader(self, dataset: TensorSplit) -> DataLoader:
         # Under overfit_batches the Trainer evaluates the first N batches of each loader:
-        # batches of batch_size, so that train/* measures the N batches being fitted.
-        chunk_size = self.batch_size if self._overfitting() else EVAL_CHUNK_SIZE
+        # batches of a block's images, so that train/* measures the N blocks being fitted.
+        steps = len(self.train_set) // (self.batch_size * self._replicas()[0])
+        block = -(-steps // self.evaluations_per_epoch) * self.batch_size
+        chunk_size = block if self._overfitting() else EVAL_CHUNK_SIZE
         num_replicas, rank = self._replicas()
         return self._loader(dataset, ShardSampler(dataset, chunk_size, num_replicas, rank))
 

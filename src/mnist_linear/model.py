@@ -98,14 +98,25 @@ class LinearClassifier(L.LightningModule):
         )
 
     def training_step(
-        self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int
+        self, block: tuple[torch.Tensor, torch.Tensor], batch_idx: int
     ) -> torch.Tensor:
-        """One step of mini-batch gradient descent on ``batch``; returns its training loss."""
+        """The block's steps of mini-batch gradient descent, in order; the last step's loss.
+
+        ``block`` is ``(x, y)`` of shapes (steps, batch_size, 784) and (steps, batch_size):
+        one evaluation interval. Each step is ``zero_grad``, the loss, ``manual_backward``
+        (which keeps DDP's gradient averaging) and ``optimizer.step()``, so
+        ``global_step`` counts SGD steps. The steps stop at ``max_steps``, even mid-block.
+        """
         optimizer = self.optimizers()
-        optimizer.zero_grad()
-        loss = self.training_loss(*batch)
-        self.manual_backward(loss)  # LinearCrossEntropy.backward: the hand-derived gradient
-        optimizer.step()
+        max_steps = self.trainer.max_steps
+        loss = torch.zeros(())
+        for x, y in zip(*block, strict=True):
+            if 0 <= max_steps <= self.trainer.global_step:
+                break
+            optimizer.zero_grad()
+            loss = self.training_loss(x, y)
+            self.manual_backward(loss)  # LinearCrossEntropy.backward: the hand-derived gradient
+            optimizer.step()
         return loss.detach()
 
     def _per_image(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -150,6 +161,8 @@ class LinearClassifier(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self.log("weight_norm", self.linear.weight.detach().norm(), sync_dist=True)
+        if self.trainer.state.fn == "fit":  # evaluations plotted against SGD steps, not blocks
+            self.log("step", float(self.trainer.global_step))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(

@@ -2,9 +2,10 @@
 
 Both samplers subclass :class:`~torch.utils.data.DistributedSampler`, so that Lightning
 keeps them as they are under DDP instead of wrapping them in a sampler of its own, and
-both yield one index object per batch: a ``DataLoader(dataset, sampler=s,
-batch_size=None)`` then fetches each batch with a single indexing operation on the
-data module's ``TensorSplit``, without per-item ``__getitem__`` calls or collation.
+both yield one index object per loader batch: a ``DataLoader(dataset, sampler=s,
+batch_size=None)`` then fetches each with a single indexing operation on the data
+module's ``TensorSplit``, without per-item ``__getitem__`` calls or collation. A
+training loader batch is a block of several mini-batches, one evaluation interval.
 """
 
 from __future__ import annotations
@@ -28,14 +29,16 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 
 class StepPartitionSampler(DistributedSampler):
-    """Training batches whose union over the processes is the single-process batch.
+    """Training blocks: the epoch's mini-batches, in consecutive runs of steps.
 
     With ``num_replicas`` processes and ``batch_size`` images each, the global batch
     at step ``s`` is ``order[s*G:(s+1)*G]`` with ``G = batch_size * num_replicas`` and
     ``order`` the epoch's permutation (shuffled from ``seed`` and the epoch, or
     ``0..n-1``). Process ``rank`` takes the ``rank``-th slice of ``batch_size`` of it.
     The trailing ``n mod G`` images are dropped, so every process runs the same number
-    of steps.
+    of steps. The steps are yielded as ``blocks`` index tensors of shape
+    ``(steps, batch_size)``, consecutive, whose step counts differ by at most one (the
+    first ones are the longer), so one loader batch is one evaluation interval.
     """
 
     def __init__(
@@ -46,6 +49,7 @@ class StepPartitionSampler(DistributedSampler):
         seed: int = 0,
         num_replicas: int = 1,
         rank: int = 0,
+        blocks: int = 1,
     ) -> None:
         super().__init__(
             dataset,
@@ -58,9 +62,10 @@ class StepPartitionSampler(DistributedSampler):
         self.batch_size = batch_size
         self.global_batch_size = batch_size * num_replicas
         self.num_steps = len(dataset) // self.global_batch_size
+        self.blocks = min(blocks, self.num_steps)
 
     def __len__(self) -> int:
-        return self.num_steps
+        return self.blocks
 
     def epoch_order(self) -> torch.Tensor:
         """The order of the whole split in the current epoch, shared by every process."""
@@ -69,12 +74,15 @@ class StepPartitionSampler(DistributedSampler):
             return torch.randperm(n, generator=epoch_generator(self.seed, self.epoch))
         return torch.arange(n)
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
-        # A generator, so that the order is drawn at the first batch rather than when the
-        # iterator is made: a resumed Lightning run makes it before calling set_epoch.
+    def steps(self) -> torch.Tensor:
+        """This process's mini-batches of the epoch, as indices of shape (steps, batch_size)."""
         steps = self.epoch_order()[: self.num_steps * self.global_batch_size]
-        mine = steps.view(self.num_steps, self.num_replicas, self.batch_size)[:, self.rank]
-        yield from mine.unbind(0)
+        return steps.view(self.num_steps, self.num_replicas, self.batch_size)[:, self.rank]
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        # A generator, so that the order is drawn at the first block rather than when the
+        # iterator is made: a resumed Lightning run makes it before calling set_epoch.
+        yield from torch.tensor_split(self.steps(), self.blocks)
 
 
 class SequentialStepSampler(StepPartitionSampler, SequentialSampler):
@@ -85,9 +93,14 @@ class SequentialStepSampler(StepPartitionSampler, SequentialSampler):
     """
 
     def __init__(
-        self, dataset: Dataset, batch_size: int, num_replicas: int = 1, rank: int = 0
+        self,
+        dataset: Dataset,
+        batch_size: int,
+        num_replicas: int = 1,
+        rank: int = 0,
+        blocks: int = 1,
     ) -> None:
-        super().__init__(dataset, batch_size, False, 0, num_replicas, rank)
+        super().__init__(dataset, batch_size, False, 0, num_replicas, rank, blocks)
 
 
 class ShardSampler(DistributedSampler, SequentialSampler):
