@@ -16,7 +16,6 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from mnist_linear.cli import MNISTLinearCLI, main
 from mnist_linear.data import MNISTSubsetDataModule
 from mnist_linear.model import LinearClassifier
-from mnist_linear.profiling import NullProfiler
 
 RESULT_KEYS = {
     "train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc",
@@ -105,26 +104,11 @@ def test_every_shipped_config_parses(
     assert cli.datamodule.batch_size == 40
 
 
-def test_trainer_gets_the_null_profiler_unless_one_is_named(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_named_profiler_is_the_trainers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("sys.argv", ["train.py"])
     config = f"--config={REPO / 'configs' / 'logistic.yaml'}"
     root = f"--trainer.default_root_dir={tmp_path}"
-    assert type(_cli(config, root).trainer.profiler) is NullProfiler
-    named = _cli(config, root, "--trainer.profiler=simple").trainer.profiler
-    assert type(named) is SimpleProfiler
-
-
-def test_null_profiler_context_is_shared_reentrant_and_records_nothing() -> None:
-    profiler = NullProfiler()
-    outer = profiler.profile("[Callback]A.on_train_batch_end")
-    assert profiler.profile("[LightningModule]B.training_step") is outer
-    with outer, profiler.profile("nested"), outer:
-        pass
-    with pytest.raises(KeyError), profiler.profile("an error passes through"):
-        raise KeyError("x")
-    assert profiler.summary() == ""
+    assert type(_cli(config, root, "--trainer.profiler=simple").trainer.profiler) is SimpleProfiler
 
 
 @pytest.mark.parametrize(

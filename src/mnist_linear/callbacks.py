@@ -319,10 +319,10 @@ class TrainingProgressBar(TQDMProgressBar):
     them with ``prog_bar=True``). ``trainer.validate`` keeps its bar.
 
     Args:
-        refresh_rate: Steps between redraws of the bar; 0 hides it.
+        refresh_rate: Training batches (blocks) between redraws of the bar; 0 hides it.
     """
 
-    def __init__(self, refresh_rate: NonNegativeInt = 50) -> None:
+    def __init__(self, refresh_rate: NonNegativeInt = 1) -> None:
         super().__init__(refresh_rate=check_int("refresh_rate", refresh_rate, 0))
 
     def init_validation_tqdm(self) -> tqdm:

@@ -34,7 +34,6 @@ from mnist_linear.errors import USAGE_ERROR, fail
 from mnist_linear.files import atomic_write_text
 from mnist_linear.mnist_files import MNISTFilesError
 from mnist_linear.model import LinearClassifier
-from mnist_linear.profiling import NullProfiler
 from mnist_linear.run import (
     AtomicCheckpointIO,
     CheckpointError,
@@ -110,8 +109,8 @@ class MNISTLinearCLI(LightningCLI):
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """The Trainer, with a run folder of its own under ``default_root_dir``.
 
-        Without ``--trainer.logger`` it logs to TensorBoard; without ``--trainer.profiler``
-        it gets a :class:`NullProfiler`; checkpoints are written atomically.
+        Without ``--trainer.logger`` it logs to TensorBoard; checkpoints are written
+        atomically.
         """
         trainer_config = self.config_init.get("trainer", {})
         callbacks = list(trainer_config.get("callbacks") or [])
@@ -127,8 +126,6 @@ class MNISTLinearCLI(LightningCLI):
         plugins = [] if plugins is None else plugins if isinstance(plugins, list) else [plugins]
         if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
             kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
-        if trainer_config.get("profiler") is None:
-            kwargs["profiler"] = NullProfiler()
         try:
             return super().instantiate_trainer(**kwargs)
         except BaseException:
