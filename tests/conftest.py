@@ -96,17 +96,23 @@ def logistic_run(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> 
 
 @pytest.fixture(scope="session")
 def sweep_root(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> Path:
-    """``python -m mnist_linear.sweep`` with λ = 0 and 0.01 on a small task: its output root."""
+    """A sweep of λ = 0 and 0.01 × seeds 0 and 1 on a small task, two jobs at once: its root."""
     root = tmp_path_factory.mktemp("sweep")
-    command = [
+    done = subprocess.run(sweep_command(root, mnist_root), cwd=REPO, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return root
+
+
+def sweep_command(root: Path, mnist: Path, *extra: str) -> list[str]:
+    return [
         sys.executable, "-m", "mnist_linear.sweep",
         f"--root_dir={root}",
-        "--lambdas", "0", "0.01",
-        f"--data.data_dir={mnist_root}",
+        "--grid", "model.l2_lambda=0,0.01",
+        "--seeds=2",
+        "--jobs=2",
+        f"--data.data_dir={mnist}",
         "--data.train_size=2000",
         "--trainer.max_epochs=2",
-        "--trainer.enable_progress_bar=false",
+        *extra,
     ]  # fmt: skip
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return root

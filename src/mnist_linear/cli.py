@@ -121,7 +121,7 @@ class MNISTLinearCLI(LightningCLI):
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
             rank_zero_info("Checkpointing is off: this run cannot be resumed.")
         kwargs.update(self._run_folder(trainer_config))
-        kwargs["callbacks"] = [*callbacks, RunResults(self.run_dir)]
+        kwargs["callbacks"] = [*callbacks, RunResults(self.run_dir, hyperparameters(self.config))]
         plugins = trainer_config.get("plugins")
         plugins = [] if plugins is None else plugins if isinstance(plugins, list) else [plugins]
         if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
@@ -165,6 +165,51 @@ class MNISTLinearCLI(LightningCLI):
             raise UsageError(one_line(str(error))) from None
 
 
+CLI_KWARGS: dict[str, Any] = dict(
+    run=False,
+    seed_everything_default=42,
+    auto_configure_optimizers=False,
+    save_config_callback=None,  # fit_and_report writes config.yaml into the run folder
+    parser_kwargs={"exit_on_error": False},
+)
+
+
+class _ParseOnly(MNISTLinearCLI):
+    def before_instantiate_classes(self) -> None:
+        pass
+
+    def instantiate_classes(self) -> None:
+        pass
+
+
+def parse_only(args: Sequence[str]) -> Any:
+    """The config train.py would run with ``args``, instantiating nothing.
+
+    Raises :class:`UsageError`, with train.py's one-line message, where train.py would
+    refuse the arguments while parsing them.
+    """
+    return _ParseOnly(LinearClassifier, MNISTSubsetDataModule, args=list(args), **CLI_KWARGS).config
+
+
+def hyperparameters(config: Any) -> dict[str, bool | float | int | str]:
+    """The run's scalar settings, flattened (``model.l2_lambda``), for TensorBoard's HPARAMS."""
+    flat: dict[str, bool | float | int | str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}{key}.", item)
+        elif isinstance(value, bool | int | float | str):
+            flat[prefix[:-1]] = value
+        elif value is None or (
+            isinstance(value, list) and all(isinstance(v, int | float) for v in value)
+        ):
+            flat[prefix[:-1]] = str(value)
+
+    walk("", {k: v for k, v in config.as_dict().items() if k not in ("config", "ckpt_path")})
+    return flat
+
+
 def fit_and_report(cli: MNISTLinearCLI) -> dict[str, Any] | None:
     """Write config.yaml, fit (resuming from ``--ckpt_path``); results.json comes at the end.
 
@@ -192,16 +237,7 @@ def main(args: Sequence[str] | None = None) -> None:
     # Lightning 2.6 calls a torch pytree API that torch 2.14 deprecates, on every run.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     try:
-        cli = MNISTLinearCLI(
-            LinearClassifier,
-            MNISTSubsetDataModule,
-            run=False,
-            args=args,
-            seed_everything_default=42,
-            auto_configure_optimizers=False,
-            save_config_callback=None,  # fit_and_report writes config.yaml into the run folder
-            parser_kwargs={"exit_on_error": False},
-        )
+        cli = MNISTLinearCLI(LinearClassifier, MNISTSubsetDataModule, args=args, **CLI_KWARGS)
     except UsageError as error:
         fail(str(error), USAGE_ERROR)
     try:

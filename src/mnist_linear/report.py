@@ -1,17 +1,21 @@
 """``python -m mnist_linear.report RUN_DIR [RUN_DIR ...] --out DIR``: figures as PNG files.
 
-One run: ``loss.png`` (cross-entropy of the three splits against the step),
-``accuracy.png`` and ``weights.png`` (the class means above the restored weights).
-Several runs, such as the λ sweep: ``val_accuracy.png``, ``weight_norm.png`` and
-``weights.png`` (each run's weight image, labelled with its λ from its config.yaml).
-A RUN_DIR is a folder with a TensorBoard event file, or a folder of such folders.
-The figures are read from the event files with TensorBoard's own reader.
+One run: ``loss.png`` and ``accuracy.png`` (the three splits against the SGD step, with
+the best epoch and the stop marked) and ``weights.png`` (each class's mean training
+image beside its restored weights, on a colour scale symmetric around zero). Several
+runs, such as a sweep: ``val_accuracy.png`` and ``weight_norm.png`` (per grid point the
+mean over its seeds, with a band from the lowest to the highest seed) and
+``weights.png`` (one weight image per grid point, from its first seed). A RUN_DIR is a
+folder with a TensorBoard event file, or a folder of such folders. Curves come from the
+event files, read with TensorBoard's own reader; weights from the run's best checkpoint.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import itertools
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,30 +25,33 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
 import yaml
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mnist_linear.callbacks import TILE_PADDING as PADDING
 from mnist_linear.errors import OneLineArgumentParser, fail
 from mnist_linear.files import atomic_write_bytes
+from mnist_linear.splits import IMAGE_SIDE
 
 STAGES = {"train": "training", "val": "validation", "test": "test"}
-TILE = 28
+SEED_SUFFIX = ",seed="
 
 
 class ReportError(Exception):
-    """A folder that holds no run, or a run that lacks a tag a figure needs."""
+    """A folder that holds no run, or a run that lacks what a figure needs."""
 
 
 @dataclass
 class Run:
-    """The logged scalars and images of one run, and its saved configuration."""
+    """The logged scalars and images of one run, its config, results and restored weights."""
 
     folder: Path
     scalars: dict[str, tuple[np.ndarray, np.ndarray]]
     images: dict[str, list[np.ndarray]]
     config: dict
+    results: dict
+    weight: np.ndarray | None
 
     def series(self, tag: str) -> tuple[np.ndarray, np.ndarray]:
         if tag not in self.scalars:
@@ -59,20 +66,42 @@ class Run:
         return self.images[tag][-1]
 
     @property
-    def l2_lambda(self) -> float:
-        return float(self.config.get("model", {}).get("l2_lambda", 0.0))
+    def classes(self) -> list[int] | None:
+        return self.config.get("data", {}).get("classes")
 
     @property
     def class_names(self) -> list[str]:
-        classes = self.config.get("data", {}).get("classes")
-        return [str(d) for d in range(10)] if classes is None else [str(c) for c in classes]
+        """The digit of each weight row: label 1's digit alone for the binary model."""
+        return [str(d) for d in range(10)] if self.classes is None else [str(self.classes[0])]
+
+    @property
+    def point(self) -> str:
+        """The grid point of a sweep's run: its folder name without the seed."""
+        return self.folder.name.split(SEED_SUFFIX)[0]
+
+    @property
+    def title(self) -> str:
+        if self.classes is None:
+            model = "softmax regression, 10 digits"
+        else:
+            model = f"logistic regression, {self.classes[0]} vs {self.classes[1]}"
+        l2_lambda = self.config.get("model", {}).get("l2_lambda", 0.0)
+        return f"{model}, λ = {l2_lambda:g} ({self.folder.name})"
+
+
+def _restored_weight(folder: Path) -> np.ndarray | None:
+    best = sorted((folder / "checkpoints").glob("best-*.ckpt"))
+    if not best:
+        return None
+    state = torch.load(best[-1], map_location="cpu", weights_only=True)["state_dict"]
+    return state["linear.weight"].double().numpy()
 
 
 def load_run(folder: Path) -> Run:
     """Read the run's event files as TensorBoard does: one run, in the order written.
 
     A run resumed in its own folder has a second event file that starts with a purge
-    at the checkpoint's step, which hides what the interrupted run logged after it.
+    just past the checkpoint's step, which hides what the interrupted run logged after it.
     """
     if not any(folder.glob("events.out.tfevents.*")):
         raise ReportError(f"{folder} holds no run: no events.out.tfevents.* file")
@@ -93,9 +122,10 @@ def load_run(folder: Path) -> Run:
         ]
         for tag in tags["images"]
     }
-    config_path = folder / "config.yaml"
+    config_path, results_path = folder / "config.yaml", folder / "results.json"
     config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
-    return Run(folder, scalars, images, config or {})
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    return Run(folder, scalars, images, config or {}, results, _restored_weight(folder))
 
 
 def expand(folders: Sequence[str]) -> list[Path]:
@@ -127,81 +157,142 @@ def save(figure: plt.Figure, path: Path) -> Path:
     return path
 
 
-def _curves(run: Run, metric: str, ylabel: str, title: str) -> plt.Figure:
-    figure, axes = plt.subplots(figsize=(7, 4.5))
+def _legend_outside(axes: plt.Axes) -> None:
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+
+
+def _mark_best_and_stop(axes: plt.Axes, run: Run) -> None:
+    """Dashed lines at the end of the best epoch and at the last step."""
+    results = run.results
+    if results.get("best_epoch") is None or results.get("stopped_epoch") is None:
+        return
+    per_epoch = results["global_step"] / (results["stopped_epoch"] + 1)
+    best = (results["best_epoch"] + 1) * per_epoch
+    axes.axvline(best, color="green", linestyle="--", label=f"best epoch {results['best_epoch']}")
+    axes.axvline(results["global_step"], color="gray", linestyle=":",
+                 label=f"stop, epoch {results['stopped_epoch']}")  # fmt: skip
+
+
+def _curves(run: Run, metric: str, ylabel: str) -> plt.Figure:
+    figure, axes = plt.subplots(figsize=(8, 4.5))
     for stage, name in STAGES.items():
         steps, values = run.series(f"{stage}/{metric}")
         axes.plot(steps, values, label=name)
-    axes.set(xlabel="training step", ylabel=ylabel, title=title)
+    _mark_best_and_stop(axes, run)
+    axes.set(xlabel="SGD step", ylabel=ylabel, title=f"{ylabel.capitalize()}: {run.title}")
     axes.grid(alpha=0.3)
-    axes.legend()
+    _legend_outside(axes)
     return figure
 
 
-def _grid_columns(image: np.ndarray) -> int:
-    return (image.shape[1] - PADDING) // (TILE + PADDING)
-
-
-def _label_tiles(axes: plt.Axes, image: np.ndarray, names: list[str]) -> None:
-    columns = _grid_columns(image)
-    axes.set_xticks([PADDING + k * (TILE + PADDING) + TILE / 2 for k in range(columns)])
-    axes.set_xticklabels(names[:columns])
-    axes.set_yticks([])
-    axes.tick_params(length=0)
+def _weight_panels(
+    axes: Sequence[plt.Axes], weight: np.ndarray, scale: float, names: Sequence[str]
+) -> matplotlib.image.AxesImage:
+    image = None
+    for ax, row, name in zip(axes, weight, names, strict=True):
+        tile = row.reshape(IMAGE_SIDE, IMAGE_SIDE)
+        image = ax.imshow(tile, cmap="RdBu_r", vmin=-scale, vmax=scale)
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    return image
 
 
 def weights_figure(run: Run) -> plt.Figure:
-    """The class means (top) above the restored weights (bottom), the assignment's picture."""
-    image = run.last_image("weights_vs_means")
-    figure, axes = plt.subplots(figsize=(max(4, image.shape[1] / 30), 2.8))
-    axes.imshow(image, cmap="gray", vmin=0, vmax=255)
-    names = run.class_names
-    _label_tiles(
-        axes, image, names if len(names) > 2 else [f"{names[0]} (label 1)", f"{names[1]} (label 0)"]
-    )
-    axes.set_title(f"Mean training images (top) and learned weights (bottom): {run.folder.name}")
+    """Each class's mean training image (top) and restored weights (bottom, signed)."""
+    if run.weight is None:
+        raise ReportError(f"{run.folder} has no checkpoints/best-*.ckpt with restored weights")
+    means = run.last_image("class_means")
+    count = len(run.weight)
+    names = [f"{name} (label {k})" for k, name in enumerate(run.class_names)]
+    if count == 1:  # binary: the two means and the single weight image, in one row
+        figure, axes = plt.subplots(1, 3, figsize=(7.5, 2.9))
+        mean_axes, weight_axes = axes[:2], axes[2:]
+        mean_names = [f"mean {run.classes[0]} (label 1)", f"mean {run.classes[1]} (label 0)"]
+        names = [f"weights: + for {run.classes[0]}, − for {run.classes[1]}"]
+    else:
+        figure, axes = plt.subplots(2, count, figsize=(1.3 * count, 3.3))
+        mean_axes, weight_axes = axes[0], axes[1]
+        mean_names = [f"mean {name}" for name in run.class_names]
+    tiles = _tiles(means, len(mean_names))
+    for ax, tile, name in zip(mean_axes, tiles, mean_names, strict=True):
+        ax.imshow(tile, cmap="gray", vmin=0, vmax=255)
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    scale = float(np.abs(run.weight).max()) or 1.0
+    image = _weight_panels(weight_axes, run.weight, scale, names)
+    figure.colorbar(image, ax=list(np.ravel(axes)), shrink=0.8, label="weight")
+    figure.suptitle(f"Mean training images and restored weights: {run.title}", fontsize=10)
     return figure
+
+
+def _tiles(grid: np.ndarray, count: int, padding: int = 2) -> list[np.ndarray]:
+    """The ``count`` tiles of a one-row image grid as TensorBoard stores it."""
+    step = IMAGE_SIDE + padding
+    return [grid[padding : padding + IMAGE_SIDE, padding + k * step : k * step + step]
+            for k in range(count)]  # fmt: skip
 
 
 def single_run_report(run: Run, out: Path) -> list[Path]:
     return [
-        save(_curves(run, "loss", "cross-entropy", f"Loss: {run.folder.name}"), out / "loss.png"),
-        save(_curves(run, "acc", "accuracy", f"Accuracy: {run.folder.name}"), out / "accuracy.png"),
+        save(_curves(run, "loss", "cross-entropy"), out / "loss.png"),
+        save(_curves(run, "acc", "accuracy"), out / "accuracy.png"),
         save(weights_figure(run), out / "weights.png"),
     ]
 
 
+def _points(runs: list[Run]) -> list[tuple[str, list[Run]]]:
+    runs = sorted(runs, key=lambda r: (r.point, r.folder.name))
+    return [(point, list(group)) for point, group in itertools.groupby(runs, lambda r: r.point)]
+
+
+def _band(runs: list[Run], tag: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Steps, mean, lowest and highest over the runs, at the steps every run logged."""
+    series = [dict(zip(*run.series(tag), strict=True)) for run in runs]
+    steps = np.array(sorted(set.intersection(*(set(s) for s in series))))
+    values = np.array([[s[step] for step in steps] for s in series])
+    return steps, values.mean(axis=0), values.min(axis=0), values.max(axis=0)
+
+
 def _compare(runs: list[Run], tag: str, ylabel: str, title: str) -> plt.Figure:
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    for run in runs:
-        steps, values = run.series(tag)
-        axes.plot(steps, values, label=f"λ = {run.l2_lambda:g}")
-    axes.set(xlabel="training step", ylabel=ylabel, title=title)
+    figure, axes = plt.subplots(figsize=(8, 4.5))
+    points = _points(runs)
+    for point, group in points:
+        steps, mean, low, high = _band(group, tag)
+        seeds = f", {len(group)} seeds" if len(group) > 1 else ""
+        (line,) = axes.plot(steps, mean, label=f"{point}{seeds}")
+        if len(group) > 1:
+            axes.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
+    spread = (
+        " (mean over seeds, band from lowest to highest)" if len(runs) > len(_points(runs)) else ""
+    )
+    axes.set(xlabel="SGD step", ylabel=ylabel, title=f"{title}{spread}")
     axes.grid(alpha=0.3)
-    axes.legend()
+    _legend_outside(axes)
     return figure
 
 
 def sweep_report(runs: list[Run], out: Path) -> list[Path]:
-    runs = sorted(runs, key=lambda r: r.l2_lambda)
-    weights = [run.last_image("restored_weights") for run in runs]
-    figure, axes = plt.subplots(1, len(runs), figsize=(2.2 * len(runs), 2.6), squeeze=False)
-    for ax, run, image in zip(axes[0], runs, weights, strict=True):
-        ax.imshow(image, cmap="gray", vmin=0, vmax=255)
-        ax.set_title(f"λ = {run.l2_lambda:g}")
-        ax.axis("off")
-    figure.suptitle("Restored weights (each tile scaled to its own range)")
+    points = _points(runs)
+    firsts = [group[0] for _, group in points]
+    missing = [run.folder for run in firsts if run.weight is None]
+    if missing:
+        raise ReportError(f"{missing[0]} has no checkpoints/best-*.ckpt with restored weights")
+    rows = len(firsts[0].weight)
+    figure, axes = plt.subplots(rows, len(points), figsize=(2.3 * len(points), 2.4 * rows),
+                                squeeze=False)  # fmt: skip
+    scale = max(float(np.abs(run.weight).max()) for run in firsts) or 1.0
+    image = None
+    for column, ((point, _), run) in enumerate(zip(points, firsts, strict=True)):
+        image = _weight_panels(axes[:, column], run.weight, scale, [point] * rows)
+    figure.colorbar(image, ax=list(np.ravel(axes)), shrink=0.8, label="weight")
+    figure.suptitle(f"Restored weights, first seed of each point: {firsts[0].title}", fontsize=10)
     return [
-        save(
-            _compare(runs, "val/acc", "validation accuracy", "Validation accuracy"),
-            out / "val_accuracy.png",
-        ),
-        save(
-            _compare(runs, "weight_norm", "‖W‖", "Length of the weight vector"),
-            out / "weight_norm.png",
-        ),
+        save(_compare(runs, "val/acc", "validation accuracy", "Validation accuracy"),
+             out / "val_accuracy.png"),
+        save(_compare(runs, "weight_norm", "‖W‖", "Length of the weights"),
+             out / "weight_norm.png"),
         save(figure, out / "weights.png"),
-    ]
+    ]  # fmt: skip
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -20,6 +20,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.loggers import TensorBoardLogger
 
 from mnist_linear.callbacks import ValidationLossEarlyStopping
 from mnist_linear.files import atomic_write_bytes, atomic_write_text
@@ -130,12 +131,19 @@ class RunResults(L.Callback):
     zero writes ``results.json`` into the run folder and prints a summary. ``seconds``
     counts from the start of fitting to the end of this evaluation.
 
+    Rank zero also logs the run's hyperparameters with its results (``hp/val_acc``,
+    ...) to TensorBoard, for the HPARAMS tab that compares the runs of a sweep.
+
     Args:
         run_dir: The run folder; ``None`` writes nothing.
+        hparams: The run's settings, flattened (``{"model.l2_lambda": 0.001, ...}``).
     """
 
-    def __init__(self, run_dir: str | os.PathLike | None) -> None:
+    def __init__(
+        self, run_dir: str | os.PathLike | None, hparams: dict[str, Any] | None = None
+    ) -> None:
         self.run_dir = None if run_dir is None else Path(run_dir)
+        self.hparams = dict(hparams or {})
         self.results: dict[str, Any] | None = None
         self._started = time.perf_counter()
 
@@ -162,6 +170,13 @@ class RunResults(L.Callback):
         self.results = results
         if trainer.is_global_zero and self.run_dir is not None:
             write_results(self.run_dir, results)
+        if trainer.is_global_zero:
+            metrics = {f"hp/{key.replace('/', '_')}": value for key, value in results.items()
+                       if isinstance(value, int | float) and key != "seconds"}  # fmt: skip
+            for logger in trainer.loggers:
+                if isinstance(logger, TensorBoardLogger):
+                    logger.log_hyperparams(self.hparams, metrics)
+                    logger.finalize("success")
 
 
 def write_results(run_dir: Path, results: dict[str, Any]) -> None:
