@@ -87,7 +87,7 @@ def test_dry_run_prints_the_commands_and_trains_nothing(tmp_path: Path) -> None:
     assert len(lines) == 6
     assert all(line.startswith("python -m mnist_linear.cli --config=") for line in lines)
     assert "--seed_everything=2 --data.seed=2" in lines[2]
-    assert "'--trainer.logger.version=model.l2_lambda=0.01,seed=0'" in lines[3]
+    assert "--trainer.logger.version=model.l2_lambda=0.01,seed=0 " in lines[3]
     assert not (tmp_path / "lightning_logs").exists()
 
 
@@ -100,7 +100,7 @@ def test_every_run_is_its_own_tensorboard_run_with_its_values(sweep_root: Path) 
     for name in NAMES:
         run = folder / name
         config = yaml.safe_load((run / "config.yaml").read_text())
-        assert str(config["model"]["l2_lambda"]) in name
+        assert config["model"]["l2_lambda"] == float(name.split(",")[0].split("=")[1])
         seed = int(name.rsplit("=", 1)[1])
         assert config["seed_everything"] == config["data"]["seed"] == seed
         assert len(list(run.glob("events.out.tfevents.*"))) == 1

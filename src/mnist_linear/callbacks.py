@@ -200,6 +200,14 @@ class ValidationLossEarlyStopping(L.Callback):
             trainer.strategy.remove_checkpoint(previous)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.finish(pl_module)
+
+    def finish(self, pl_module: L.LightningModule) -> None:
+        """Name the stop if nothing stopped training early, and load the best weights back.
+
+        Called when training ends; also callable when Lightning skips training altogether
+        (a run resumed from the checkpoint of its last epoch), and harmless twice.
+        """
         if self.stopped_epoch is None:
             self.stopped_epoch = self.last_epoch
             self.stop_reason = "max_epochs or max_steps reached"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -182,13 +183,30 @@ class _ParseOnly(MNISTLinearCLI):
         pass
 
 
+def _quiet_lightning() -> None:
+    # The seed is part of the saved config.yaml; its "Seed set" line would precede any error.
+    logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
+    # Lightning prints an advertisement for a cloud logger on every run; this project is offline.
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: not str(record.msg).startswith("💡 Tip")
+    )
+    # Lightning 2.6 calls a torch pytree API that torch 2.14 deprecates, on every run.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+
 def parse_only(args: Sequence[str]) -> Any:
     """The config train.py would run with ``args``, instantiating nothing.
 
     Raises :class:`UsageError`, with train.py's one-line message, where train.py would
     refuse the arguments while parsing them.
     """
-    return _ParseOnly(LinearClassifier, MNISTSubsetDataModule, args=list(args), **CLI_KWARGS).config
+    _quiet_lightning()
+    argv, sys.argv = sys.argv, sys.argv[:1]  # Lightning warns when both hold arguments
+    try:
+        cli = _ParseOnly(LinearClassifier, MNISTSubsetDataModule, args=list(args), **CLI_KWARGS)
+    finally:
+        sys.argv = argv
+    return cli.config
 
 
 def hyperparameters(config: Any) -> dict[str, bool | float | int | str]:
@@ -199,8 +217,10 @@ def hyperparameters(config: Any) -> dict[str, bool | float | int | str]:
         if isinstance(value, dict):
             for key, item in value.items():
                 walk(f"{prefix}{key}.", item)
-        elif isinstance(value, bool | int | float | str):
-            flat[prefix[:-1]] = value
+        elif isinstance(value, bool | int | float | str):  # PositiveFloat and such: plain types
+            flat[prefix[:-1]] = next(
+                t(value) for t in (bool, int, float, str) if isinstance(value, t)
+            )
         elif value is None or (
             isinstance(value, list) and all(isinstance(v, int | float) for v in value)
         ):
@@ -228,14 +248,7 @@ def fit_and_report(cli: MNISTLinearCLI) -> dict[str, Any] | None:
 
 def main(args: Sequence[str] | None = None) -> None:
     """Entry point of ``train.py``."""
-    # The seed is part of the saved config.yaml; its "Seed set" line would precede any error.
-    logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
-    # Lightning prints an advertisement for a cloud logger on every run; this project is offline.
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        lambda record: not str(record.msg).startswith("💡 Tip")
-    )
-    # Lightning 2.6 calls a torch pytree API that torch 2.14 deprecates, on every run.
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    _quiet_lightning()
     try:
         cli = MNISTLinearCLI(LinearClassifier, MNISTSubsetDataModule, args=args, **CLI_KWARGS)
     except UsageError as error:

@@ -151,15 +151,17 @@ class RunResults(L.Callback):
         self._started = time.perf_counter()
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        stopping = next(
+            (c for c in trainer.callbacks if isinstance(c, ValidationLossEarlyStopping)), None
+        )
+        if stopping is not None:  # also when a resumed run had no epoch left to train
+            stopping.finish(pl_module)
         datamodule = trainer.datamodule
         results: dict[str, Any] = {}
         for stage, split in zip(STAGES, datamodule.splits().values(), strict=True):
             loss, accuracy = pl_module.measure(datamodule.eval_batches(split))
             results[f"{stage}/loss"], results[f"{stage}/acc"] = loss, accuracy
         results["weight_norm"] = float(pl_module.linear.weight.detach().norm())
-        stopping = next(
-            (c for c in trainer.callbacks if isinstance(c, ValidationLossEarlyStopping)), None
-        )
         results.update(
             best_epoch=None if stopping is None else stopping.best_epoch,
             stopped_epoch=None if stopping is None else stopping.stopped_epoch,
