@@ -153,7 +153,7 @@ def test_hparams_and_final_metrics_are_in_the_event_files(sweep_root: Path) -> N
 
 
 def test_rerunning_trains_only_the_runs_without_results(
-    sweep_root: Path, mnist_root: Path, tmp_path: Path
+    sweep_root: Path, mnist_root: Path, tmp_path: Path, capsys, monkeypatch
 ) -> None:
     root = tmp_path / "copy"
     subprocess.run(["cp", "-r", str(sweep_root), str(root)], check=True)
@@ -165,11 +165,11 @@ def test_rerunning_trains_only_the_runs_without_results(
         if path.is_dir():
             subprocess.run(["rm", "-r", str(path)], check=True)
     (never / "results.json").unlink()
-    done = subprocess.run(sweep_command(root, mnist_root), cwd=REPO, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "2 of 4 runs done already; 2 to train" in done.stdout
-    trained = [line for line in done.stdout.splitlines() if line.startswith("[")]
+    monkeypatch.chdir(REPO)
+    main(sweep_command(root, mnist_root)[3:])  # in this process; the runs in their own
+    out = capsys.readouterr().out
+    assert "2 of 4 runs done already; 2 to train" in out
+    trained = [line for line in out.splitlines() if line.startswith("[")]
     assert sorted(line.split()[1].rstrip(":") for line in trained) == sorted(NAMES[1:3])
     got = json.loads((lost / "results.json").read_text())
     assert {k: v for k, v in got.items() if k != "seconds"} == {
@@ -178,19 +178,23 @@ def test_rerunning_trains_only_the_runs_without_results(
     assert (never / "results.json").is_file()
 
 
-def test_a_failed_run_does_not_stop_the_others(tmp_path: Path, mnist_root: Path) -> None:
+def test_a_failed_run_does_not_stop_the_others(
+    tmp_path: Path, mnist_root: Path, capsys: pytest.CaptureFixture, monkeypatch
+) -> None:
     # batch 5000 is larger than the 2-vs-3 split: train.py refuses that run alone.
     command = [c for c in sweep_command(tmp_path, mnist_root) if c != "--seeds=2"]
     command[command.index("--grid") + 1] = "data.batch_size=5000,40"
-    done = subprocess.run([*command[:-1], "--trainer.max_steps=3"], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert done.returncode == 1
-    assert done.stderr.strip().splitlines() == ["error: 1 run(s) failed: data.batch_size=5000"]
+    monkeypatch.chdir(REPO)
+    with pytest.raises(SystemExit) as stop:
+        main([*command[3:-1], "--trainer.max_steps=3"])  # in this process; the runs in their own
+    assert stop.value.code == 1
+    out, err = capsys.readouterr()
+    assert err.strip().splitlines() == ["error: 1 run(s) failed: data.batch_size=5000"]
     folder = tmp_path / "lightning_logs" / "logistic_l2"
     assert (
         json.loads((folder / "data.batch_size=40" / "results.json").read_text())["global_step"] == 3
     )
-    assert "FAILED with exit code 2" in done.stdout
+    assert "FAILED with exit code 2" in out
 
 
 def test_missing_config_is_refused_before_any_training(tmp_path: Path) -> None:
