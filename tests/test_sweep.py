@@ -191,10 +191,14 @@ def test_a_failed_run_does_not_stop_the_others(
     out, err = capsys.readouterr()
     assert err.strip().splitlines() == ["error: 1 run(s) failed: data.batch_size=5000"]
     folder = tmp_path / "lightning_logs" / "logistic_l2"
-    assert (
-        json.loads((folder / "data.batch_size=40" / "results.json").read_text())["global_step"] == 3
-    )
+    results = json.loads((folder / "data.batch_size=40" / "results.json").read_text())
+    assert results["global_step"] == 3
     assert "FAILED with exit code 2" in out
+    with open(folder / "summary.csv") as f:
+        failed_row, row = csv.DictReader(f)
+    assert (failed_row["runs"], failed_row["val/acc mean"]) == ("0", "")
+    assert row["runs"] == "1" and float(row["val/acc mean"]) == results["val/acc"]
+    assert row["val/acc std"] == ""  # no spread from one run
 
 
 def test_missing_config_is_refused_before_any_training(tmp_path: Path) -> None:
