@@ -80,13 +80,15 @@ class Run:
         return self.folder.name.split(SEED_SUFFIX)[0]
 
     @property
-    def title(self) -> str:
+    def model(self) -> str:
         if self.classes is None:
-            model = "softmax regression, 10 digits"
-        else:
-            model = f"logistic regression, {self.classes[0]} vs {self.classes[1]}"
+            return "softmax regression, 10 digits"
+        return f"logistic regression, {self.classes[0]} vs {self.classes[1]}"
+
+    @property
+    def title(self) -> str:
         l2_lambda = self.config.get("model", {}).get("l2_lambda", 0.0)
-        return f"{model}, λ = {l2_lambda:g} ({self.folder.name})"
+        return f"{self.model}, λ = {l2_lambda:g} ({self.folder.name})"
 
 
 def _restored_weight(folder: Path) -> np.ndarray | None:
@@ -246,11 +248,20 @@ def _points(runs: list[Run]) -> list[tuple[str, list[Run]]]:
 
 
 def _band(runs: list[Run], tag: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Steps, mean, lowest and highest over the runs, at the steps every run logged."""
+    """Steps, and the mean, lowest and highest over the runs that logged each step.
+
+    Runs that stop early drop out of the later steps, so the curve goes on as long as the
+    longest run.
+    """
     series = [dict(zip(*run.series(tag), strict=True)) for run in runs]
-    steps = np.array(sorted(set.intersection(*(set(s) for s in series))))
-    values = np.array([[s[step] for step in steps] for s in series])
-    return steps, values.mean(axis=0), values.min(axis=0), values.max(axis=0)
+    steps = np.array(sorted(set().union(*series)))
+    values = [np.array([s[step] for s in series if step in s]) for step in steps]
+    return (
+        steps,
+        np.array([v.mean() for v in values]),
+        np.array([v.min() for v in values]),
+        np.array([v.max() for v in values]),
+    )
 
 
 def _compare(runs: list[Run], tag: str, ylabel: str, title: str) -> plt.Figure:
@@ -262,9 +273,8 @@ def _compare(runs: list[Run], tag: str, ylabel: str, title: str) -> plt.Figure:
         (line,) = axes.plot(steps, mean, label=f"{point}{seeds}")
         if len(group) > 1:
             axes.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
-    spread = (
-        " (mean over seeds, band from lowest to highest)" if len(runs) > len(_points(runs)) else ""
-    )
+    seeded = len(runs) > len(points)
+    spread = " (mean of the seeds still running, band: lowest to highest)" if seeded else ""
     axes.set(xlabel="SGD step", ylabel=ylabel, title=f"{title}{spread}")
     axes.grid(alpha=0.3)
     _legend_outside(axes)
@@ -282,10 +292,16 @@ def sweep_report(runs: list[Run], out: Path) -> list[Path]:
                                 squeeze=False)  # fmt: skip
     scale = max(float(np.abs(run.weight).max()) for run in firsts) or 1.0
     image = None
+    keys = {name.split("=")[0] for point, _ in points for name in point.split(",")}
+    single = len(keys) == 1  # then the key goes in the title, the values above the panels
     for column, ((point, _), run) in enumerate(zip(points, firsts, strict=True)):
-        image = _weight_panels(axes[:, column], run.weight, scale, [point] * rows)
+        name = point.split("=", 1)[1] if single else point.replace(",", "\n")
+        image = _weight_panels(axes[:, column], run.weight, scale, [name] * rows)
     figure.colorbar(image, ax=list(np.ravel(axes)), shrink=0.8, label="weight")
-    figure.suptitle(f"Restored weights, first seed of each point: {firsts[0].title}", fontsize=10)
+    grid = f" by {keys.pop()}" if single else ""
+    figure.suptitle(
+        f"Restored weights{grid}, first seed of each point: {firsts[0].model}", fontsize=10
+    )
     return [
         save(_compare(runs, "val/acc", "validation accuracy", "Validation accuracy"),
              out / "val_accuracy.png"),
