@@ -212,12 +212,13 @@ class MNISTSubsetDataModule(L.LightningDataModule):
         return self._loader(self.train_set, sampler)
 
     def _eval_loader(self, dataset: TensorSplit) -> DataLoader:
-        # Under overfit_batches the Trainer evaluates the first N batches of each loader:
-        # batches of a block's images, so that train/* measures the N blocks being fitted.
-        steps = len(self.train_set) // (self.batch_size * self._replicas()[0])
-        block = -(-steps // self.evaluations_per_epoch) * self.batch_size
-        chunk_size = block if self._overfitting() else EVAL_CHUNK_SIZE
         num_replicas, rank = self._replicas()
+        chunk_size = EVAL_CHUNK_SIZE
+        if self._overfitting():
+            # The Trainer evaluates the first N batches of each loader: a block's images
+            # each, so that train/* measures the N blocks being fitted.
+            steps = len(self.train_set) // (self.batch_size * num_replicas)
+            chunk_size = -(-steps // self.evaluations_per_epoch) * self.batch_size
         return self._loader(dataset, ShardSampler(dataset, chunk_size, num_replicas, rank))
 
     def splits(self) -> dict[str, TensorSplit]:
