@@ -44,7 +44,9 @@ def test_figures_name_the_model_mark_best_and_stop_and_keep_legends_off_the_curv
     run = load_run(run_dir(logistic_run))
     figure = _curves(run, "acc", "accuracy")
     (axes,) = figure.axes
-    assert "logistic regression, 2 vs 3" in axes.get_title()
+    title = axes.get_title()
+    assert "logistic regression, 2 vs 3 (configs/logistic.yaml), λ = 0" in title
+    assert "version_" not in title
     labels = [line.get_label() for line in axes.get_lines()]
     assert labels[:3] == ["training", "validation", "test"]
     assert f"best epoch {run.results['best_epoch']}" in labels

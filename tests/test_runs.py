@@ -158,6 +158,19 @@ def test_trainer_flag_runs_and_writes_everything_under_the_root(
         assert (run_dir(root) / "checkpoints" / "last.ckpt").is_file()
 
 
+def test_max_steps_stops_in_the_middle_of_a_block(
+    tmp_path: Path, mnist_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sys.argv", ["train.py"])
+    # The whole 2-vs-3 split: 100 steps an epoch, ten blocks of 10.
+    assert _main(["--data.train_size=20000", "--trainer.max_steps=15"], tmp_path, mnist_root) == 0
+    results = read_results(tmp_path)
+    assert results["global_step"] == 15
+    events = EventAccumulator(str(run_dir(tmp_path)), size_guidance={"scalars": 0})
+    events.Reload()
+    assert [e.step for e in events.Scalars("val/loss")] == [10, 15]  # after each block
+
+
 @pytest.mark.parametrize("flag, option", REFUSED)
 def test_a_flag_that_cannot_apply_is_refused_in_one_line(
     flag: str, option: str, tmp_path: Path, mnist_root: Path, monkeypatch, capfd

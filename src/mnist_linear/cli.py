@@ -97,7 +97,9 @@ class MNISTLinearCLI(LightningCLI):
         """Keep the config as given, then claim the run folder of a configured logger."""
         config = self.config.clone()
         config.ckpt_path = None  # a rerun with --config starts afresh
-        self.config_text = self.parser.dump(config, skip_unset=False)
+        sources = " ".join(str(path) for path in self.config.get("config") or [])
+        header = f"# config: {sources}\n" if sources else ""  # for the report's titles
+        self.config_text = header + self.parser.dump(config, skip_unset=False)
         loggers = self.config.trainer.logger
         first = loggers[0] if isinstance(loggers, list) and loggers else loggers
         class_path = getattr(first, "class_path", None) or ""

@@ -87,8 +87,17 @@ class Run:
 
     @property
     def title(self) -> str:
+        """The model, its config file and λ."""
         l2_lambda = self.config.get("model", {}).get("l2_lambda", 0.0)
-        return f"{self.model}, λ = {l2_lambda:g} ({self.folder.name})"
+        source = f" ({self.config_file})" if self.config_file else ""
+        return f"{self.model}{source}, λ = {l2_lambda:g}"
+
+    @property
+    def config_file(self) -> str:
+        path = self.folder / "config.yaml"
+        first = path.read_text().splitlines()[:3] if path.is_file() else []
+        return next((line[len("# config: ") :] for line in first
+                     if line.startswith("# config: ")), "")  # fmt: skip
 
 
 def _restored_weight(folder: Path) -> np.ndarray | None:
