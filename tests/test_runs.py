@@ -17,8 +17,10 @@ import torch
 import yaml
 from conftest import REPO, read_results, run_dir, run_train
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-from mnist_linear.cli import main
+from mnist_linear.cli import CLI_KWARGS, main
+from mnist_linear.data import MNISTSubsetDataModule
 from mnist_linear.model import LinearClassifier
 from mnist_linear.run import AtomicCheckpointIO, claim_version, read_checkpoint
 
@@ -94,6 +96,33 @@ def test_a_configured_logger_without_a_version_gets_a_folder_of_its_own(
         assert json.loads((folder / "results.json").read_text())["global_step"] == 3
         config = yaml.safe_load((folder / "config.yaml").read_text())
         assert config["trainer"]["logger"]["init_args"]["version"] is None  # reruns afresh
+
+
+def test_a_configured_tensorboard_logger_resumed_in_its_folder_purges_past_the_checkpoint(
+    tmp_path: Path, mnist_root: Path, monkeypatch
+) -> None:
+    from mnist_linear.cli import MNISTLinearCLI
+
+    monkeypatch.setattr("sys.argv", ["train.py"])
+    logger = ["--trainer.logger=TensorBoardLogger", f"--trainer.logger.save_dir={tmp_path}",
+              "--trainer.logger.name=sweep", "--trainer.logger.version=point,seed=0"]  # fmt: skip
+    assert _main([*logger, "--trainer.max_epochs=1"], tmp_path, mnist_root) == 0
+    folder = tmp_path / "sweep" / "point,seed=0"
+    last = folder / "checkpoints" / "last.ckpt"
+    cli = MNISTLinearCLI(LinearClassifier, MNISTSubsetDataModule, args=[
+        *SMALL, *logger, f"--ckpt_path={last}", f"--data.data_dir={mnist_root}",
+        f"--trainer.default_root_dir={tmp_path}", "--trainer.max_epochs=2",
+    ], **CLI_KWARGS)  # fmt: skip
+    assert cli.run_dir == folder
+    assert Path(cli.trainer.logger.log_dir) == folder
+    cli.trainer.logger.experiment.flush()  # the new event file starts with the purge
+    _, second = sorted(folder.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
+    starts = [
+        e.step
+        for e in EventFileLoader(str(second)).Load()
+        if e.HasField("session_log") and e.session_log.status == e.session_log.START
+    ]
+    assert starts == [read_checkpoint(last)["global_step"] + 1]
 
 
 # --- Lightning's Trainer flags ------------------------------------------------------------

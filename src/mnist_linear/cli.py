@@ -139,11 +139,18 @@ class MNISTLinearCLI(LightningCLI):
     def _run_folder(self, trainer_config: dict[str, Any]) -> dict[str, Any]:
         """Trainer arguments that put a run without a configured logger in its own folder."""
         logger = trainer_config.get("logger")
-        if logger not in (None, True, False):
-            return {}  # the configured logger's folder, claimed in before_instantiate_classes
-        root = trainer_config.get("default_root_dir") or os.getcwd()
         ckpt_path = self.config.get("ckpt_path")
         resumed_in = None if ckpt_path is None else run_folder_of(ckpt_path)
+        # Resumed: TensorBoard hides what the interrupted run logged after the checkpoint,
+        # whose last evaluation and images were logged at its own step.
+        purge = {} if resumed_in is None else {"purge_step": self.checkpoint["global_step"] + 1}
+        if logger not in (None, True, False):  # its folder was claimed before instantiation
+            resumed_here = self.run_dir is not None and resumed_in == self.run_dir.resolve()
+            if isinstance(logger, TensorBoardLogger) and resumed_here:
+                init_args = {**self.config.trainer.logger.init_args.as_dict(), **purge}
+                return {"logger": TensorBoardLogger(**init_args)}
+            return {}
+        root = trainer_config.get("default_root_dir") or os.getcwd()
         if resumed_in is not None:
             self.run_dir = resumed_in
         elif rank_zero_only.rank == 0:  # rank zero's folder reaches the others through Lightning
@@ -152,9 +159,6 @@ class MNISTLinearCLI(LightningCLI):
             return {} if self.run_dir is None else {"default_root_dir": str(self.run_dir)}
         run = self.run_dir or Path(root, "lightning_logs", "unclaimed")
         version = None if self.run_dir is None else logger_version(run)
-        # Resumed: TensorBoard hides what the interrupted run logged after the checkpoint,
-        # whose last evaluation and images were logged at its own step.
-        purge = {} if resumed_in is None else {"purge_step": self.checkpoint["global_step"] + 1}
         return {
             "logger": TensorBoardLogger(
                 run.parents[1], run.parent.name, version, default_hp_metric=False, **purge
