@@ -30,12 +30,14 @@ import yaml
 from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from mnist_linear.callbacks import TILE_PADDING
 from mnist_linear.errors import OneLineArgumentParser, fail
 from mnist_linear.files import atomic_write_bytes
 from mnist_linear.splits import IMAGE_SIDE
 
 STAGES = {"train": "training", "val": "validation", "test": "test"}
 SEED_SUFFIX = ",seed="
+CONFIG_HEADER = "# config: "
 
 
 class ReportError(Exception):
@@ -52,6 +54,7 @@ class Run:
     config: dict
     results: dict
     weight: np.ndarray | None
+    config_file: str = ""
 
     def series(self, tag: str) -> tuple[np.ndarray, np.ndarray]:
         if tag not in self.scalars:
@@ -92,13 +95,6 @@ class Run:
         source = f" ({self.config_file})" if self.config_file else ""
         return f"{self.model}{source}, λ = {l2_lambda:g}"
 
-    @property
-    def config_file(self) -> str:
-        path = self.folder / "config.yaml"
-        first = path.read_text().splitlines()[:3] if path.is_file() else []
-        return next((line[len("# config: ") :] for line in first
-                     if line.startswith("# config: ")), "")  # fmt: skip
-
 
 def _restored_weight(folder: Path) -> np.ndarray | None:
     best = sorted((folder / "checkpoints").glob("best-*.ckpt"))
@@ -134,9 +130,13 @@ def load_run(folder: Path) -> Run:
         for tag in tags["images"]
     }
     config_path, results_path = folder / "config.yaml", folder / "results.json"
-    config = yaml.safe_load(config_path.read_text()) if config_path.is_file() else {}
+    text = config_path.read_text() if config_path.is_file() else ""
+    # train.py's config.yaml starts with the config file it came from, as a comment.
+    header = next((line for line in text.splitlines()[:3] if line.startswith(CONFIG_HEADER)), "")
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
-    return Run(folder, scalars, images, config or {}, results, _restored_weight(folder))
+    weight = _restored_weight(folder)
+    config = yaml.safe_load(text) or {}
+    return Run(folder, scalars, images, config, results, weight, header[len(CONFIG_HEADER) :])
 
 
 def expand(folders: Sequence[str]) -> list[Path]:
@@ -236,7 +236,7 @@ def weights_figure(run: Run) -> plt.Figure:
     return figure
 
 
-def _tiles(grid: np.ndarray, count: int, padding: int = 2) -> list[np.ndarray]:
+def _tiles(grid: np.ndarray, count: int, padding: int = TILE_PADDING) -> list[np.ndarray]:
     """The ``count`` tiles of a one-row image grid as TensorBoard stores it."""
     step = IMAGE_SIDE + padding
     return [grid[padding : padding + IMAGE_SIDE, padding + k * step : k * step + step]

@@ -38,11 +38,7 @@ def claim_version(parent: str | os.PathLike) -> int:
     """
     parent = Path(parent)
     parent.mkdir(parents=True, exist_ok=True)
-    taken = [
-        int(p.name[len(VERSION_PREFIX) :])
-        for p in parent.iterdir()
-        if p.name.startswith(VERSION_PREFIX) and p.name[len(VERSION_PREFIX) :].isdigit()
-    ]
+    taken = [v for p in parent.iterdir() if isinstance(v := logger_version(p), int)]
     version = max(taken, default=-1) + 1
     while True:
         try:
@@ -158,7 +154,7 @@ class RunResults(L.Callback):
             stopping.finish(pl_module)
         datamodule = trainer.datamodule
         results: dict[str, Any] = {}
-        for stage, split in zip(STAGES, datamodule.splits().values(), strict=True):
+        for stage, split in datamodule.splits().items():
             loss, accuracy = pl_module.measure(datamodule.eval_batches(split))
             results[f"{stage}/loss"], results[f"{stage}/acc"] = loss, accuracy
         results["weight_norm"] = float(pl_module.linear.weight.detach().norm())
