@@ -159,6 +159,7 @@ class MNISTLinearCLI(LightningCLI):
         Without ``--trainer.logger`` it logs to TensorBoard; checkpoints are written
         atomically.
         """
+        self._check_checkpoint_fits()
         trainer_config = self.config_init.get("trainer", {})
         callbacks = list(trainer_config.get("callbacks") or [])
         if trainer_config.get("enable_progress_bar") is False:
@@ -216,7 +217,6 @@ class MNISTLinearCLI(LightningCLI):
     def instantiate_classes(self) -> None:
         try:
             super().instantiate_classes()
-            self._check_checkpoint_fits()
         except (ValueError, MisconfigurationException) as error:  # a constructor's own check
             self.discard_run_folder()
             raise UsageError(one_line(str(error))) from None
