@@ -126,6 +126,8 @@ def test_a_named_profiler_is_the_trainers(tmp_path: Path, monkeypatch: pytest.Mo
         ("--annealing.T=-3", "annealing.T", "-3"),
         ("--early_stopping.patience=0", "early_stopping.patience", "0"),
         ("--early_stopping.rule=x", "early_stopping.rule", "x"),
+        ("--early_stopping.monitor=val/lossx", "early_stopping.monitor", "val/lossx"),
+        ("--early_stopping.monitor=val/acc", "'val/loss', 'train/loss'", "val/acc"),
         ("--data.train_size=59000", "train_size", "59000"),
         ("--model.nesterov=true", "nesterov", "True"),
         ("--config=configs/nope.yaml", "config", "nope.yaml"),
@@ -190,6 +192,7 @@ def _refusal(args: list[str], root: Path, mnist: Path, capfd: pytest.CaptureFixt
     assert stop.value.code == 2
     err = capfd.readouterr().err
     assert "Traceback" not in err
+    assert not list(root.glob("lightning_logs/version_*"))  # the refused run left no folder
     return err.strip().splitlines()[-1]
 
 
