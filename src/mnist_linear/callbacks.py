@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import lightning as L
 import torch
@@ -19,6 +19,7 @@ from mnist_linear.errors import NonNegativeInt, PositiveFloat, PositiveInt, chec
 from mnist_linear.splits import IMAGE_SIDE
 
 TILE_PADDING = 2
+Monitor = Literal["val/loss", "train/loss"]  # the losses LinearClassifier logs
 
 
 class LearningRateAnnealing(L.Callback):
@@ -83,7 +84,9 @@ class ValidationLossEarlyStopping(L.Callback):
     Args:
         patience: Rises in a row (``"rises"``) or epochs without improvement
             (``"no_improvement"``) that stop training, at least 1.
-        monitor: Logged metric to watch.
+        monitor: The loss to watch, as the model logs it: ``"val/loss"`` (the
+            assignment's) or ``"train/loss"``. Only losses, since both rules take a
+            lower value as better.
         rule: ``"rises"`` or ``"no_improvement"``, as above.
         save_best: Write the best weights as a checkpoint, in the folder of the
             Trainer's ``ModelCheckpoint``; nothing is written without one.
@@ -92,11 +95,13 @@ class ValidationLossEarlyStopping(L.Callback):
     def __init__(
         self,
         patience: PositiveInt = 3,
-        monitor: str = "val/loss",
+        monitor: Monitor = "val/loss",
         rule: Literal["rises", "no_improvement"] = "rises",
         save_best: bool = True,
     ) -> None:
         self.patience = check_int("patience", patience, 1)
+        if monitor not in get_args(Monitor):
+            raise ValueError(f"monitor must be one of {list(get_args(Monitor))}, got {monitor!r}")
         if rule not in ("rises", "no_improvement"):
             raise ValueError(f"rule must be 'rises' or 'no_improvement', got {rule!r}")
         self.monitor, self.rule, self.save_best = monitor, rule, save_best
