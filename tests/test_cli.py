@@ -196,13 +196,21 @@ def _refusal(args: list[str], root: Path, mnist: Path, capfd: pytest.CaptureFixt
     return err.strip().splitlines()[-1]
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [(["--data.batch_size=5000"], "at most 4005 for a training split of 4005 images on 1 "
+      "process(es), got 5000"),
+     # Refused in the main process, before ddp_spawn starts its three workers.
+     (["--data.batch_size=1400", "--trainer.devices=3", "--trainer.strategy=ddp_spawn",
+       "--trainer.accelerator=cpu"], "at most 1335 for a training split of 4005 images on 3 "
+      "process(es), got 1400")],
+)  # fmt: skip
 def test_batch_larger_than_the_two_digit_split_is_one_line_and_exit_code_2(
-    tmp_path: Path, mnist_root: Path, capfd: pytest.CaptureFixture, monkeypatch
+    args: list[str], message: str, tmp_path: Path, mnist_root: Path, capfd, monkeypatch
 ) -> None:
     monkeypatch.setattr("sys.argv", ["train.py"])
-    assert _refusal(["--data.batch_size=5000"], tmp_path, mnist_root, capfd) == (
-        "error: --data.batch_size must be at most 4005 for a training split of 4005 images "
-        "on 1 process(es), got 5000"
+    assert (
+        _refusal(args, tmp_path, mnist_root, capfd) == f"error: --data.batch_size must be {message}"
     )
 
 

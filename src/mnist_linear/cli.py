@@ -308,6 +308,7 @@ def fit_and_report(cli: MNISTLinearCLI) -> dict[str, Any] | None:
     of ``ddp_spawn``, whose workers write results.json).
     """
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
+    datamodule.check_fits(trainer.world_size)  # before any process is started
     trainer.fit(model, datamodule=datamodule, ckpt_path=cli.config.get("ckpt_path"))
     results = next(c for c in trainer.callbacks if isinstance(c, RunResults)).results
     if results is None and cli.run_dir is not None and (cli.run_dir / "results.json").is_file():

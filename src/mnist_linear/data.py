@@ -6,6 +6,7 @@ import lightning as L
 import torch
 import torchvision
 from torch.utils.data import DataLoader, TensorDataset
+from torchvision.datasets.mnist import read_label_file
 
 from mnist_linear.errors import Digit, PositiveInt, Seed, check_int
 from mnist_linear.mnist_files import ensure_mnist
@@ -162,11 +163,26 @@ class MNISTSubsetDataModule(L.LightningDataModule):
         self.test_set = self.subset(test.data[-self.test_size :], test.targets[-self.test_size :])
         x, y = self.train_set.tensors
         self.class_means = torch.stack([x[y == k].mean(dim=0) for k in range(self.num_classes)])
-        num_replicas, _ = self._replicas()
-        if self.batch_size * num_replicas > len(x):
+        self._check_batch(len(x), self._replicas()[0])
+
+    def check_fits(self, num_replicas: int) -> None:
+        """Raise :class:`SplitTooSmallError` if one step needs more images than training has.
+
+        Counts the training images from the label file alone, without loading the
+        split, so that a run refuses before it starts its processes (the main process
+        of ``ddp_spawn``, whose workers would each fail on their own).
+        """
+        labels = read_label_file(str(ensure_mnist(self.data_dir) / "train-labels-idx1-ubyte"))
+        labels = labels[: self.train_size]
+        if self.classes is not None:
+            labels = labels[(labels == self.classes[0]) | (labels == self.classes[1])]
+        self._check_batch(len(labels), num_replicas)
+
+    def _check_batch(self, images: int, num_replicas: int) -> None:
+        if self.batch_size * num_replicas > images:
             raise SplitTooSmallError(
-                f"batch_size must be at most {len(x) // num_replicas} for a training split of "
-                f"{len(x)} images on {num_replicas} process(es), got {self.batch_size}"
+                f"batch_size must be at most {images // num_replicas} for a training split of "
+                f"{images} images on {num_replicas} process(es), got {self.batch_size}"
             )
 
     def subset(self, images: torch.Tensor, digits: torch.Tensor) -> TensorSplit:
