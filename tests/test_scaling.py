@@ -1,4 +1,4 @@
-"""Beyond one process: Lightning's multi-node DDP started by hand, as on a cluster."""
+"""Beyond one machine: multi-node DDP started by hand, and a sweep run by a scheduler."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import REPO, read_results, run_dir, run_train
+from conftest import REPO, read_results, run_dir, run_train, sweep_command
 
 SMALL = ("--config=configs/logistic.yaml", "--data.train_size=2000", "--trainer.max_epochs=2")
 
@@ -53,3 +53,27 @@ def test_two_nodes_of_one_process_train_what_one_process_trains(mnist_root, tmp_
             for r in (single, root))  # fmt: skip
     for key in ("linear.weight", "linear.bias"):
         torch.testing.assert_close(b["state_dict"][key], a["state_dict"][key], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_dry_run_commands_run_by_a_shell_loop_give_the_sweeps_summary(
+    sweep_root, mnist_root, tmp_path
+) -> None:
+    """What a scheduler would do with ``--dry_run``: every command at once, then the summary."""
+    printed = subprocess.run(
+        [*sweep_command(tmp_path, mnist_root), "--dry_run"], cwd=REPO, capture_output=True,
+        text=True, timeout=120, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    assert len(printed) == 4 and all(
+        line.startswith("python -m mnist_linear.cli ") for line in printed
+    )
+    loop = "\n".join(f"{line} > /dev/null 2>&1 &" for line in printed) + "\nwait\n"
+    subprocess.run(["bash", "-c", loop], cwd=REPO, timeout=240, check=True)
+    done = subprocess.run(sweep_command(tmp_path, mnist_root), cwd=REPO, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith("4 of 4 runs done already; 0 to train")
+    (ours,) = tmp_path.glob("lightning_logs/*/summary.csv")
+    (theirs,) = sweep_root.glob("lightning_logs/*/summary.csv")
+    assert ours.relative_to(tmp_path) == theirs.relative_to(sweep_root)
+    assert ours.read_text() == theirs.read_text()
