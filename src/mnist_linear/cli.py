@@ -253,7 +253,7 @@ CLI_KWARGS: dict[str, Any] = dict(
     seed_everything_default=42,
     auto_configure_optimizers=False,
     save_config_callback=None,  # fit_and_report writes config.yaml into the run folder
-    parser_kwargs={"exit_on_error": False},
+    parser_kwargs={"exit_on_error": False, "allow_abbrev": False},  # a typo is no abbreviation
 )
 
 
