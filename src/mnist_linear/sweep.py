@@ -5,12 +5,22 @@
 
 Every run is a TensorBoard run of its own, ``<root_dir>/lightning_logs/<name>/<run>``,
 named by its grid values and its seed (``model.l2_lambda=0.001,seed=3``), with what it
-prints in ``train.log`` there. Re-running the same command trains only the runs that
-have no results.json: an interrupted run resumes from its last.ckpt, a run that never
-reached one starts again. ``summary.csv`` and ``summary.md``, one row per grid point
-with the mean and sample standard deviation over the seeds, are rebuilt from the runs'
-results.json files at the end of every sweep. Arguments the sweep does not know go to
-train.py unchanged.
+prints in ``train.log`` there. ``--name`` defaults to the config file's name and the
+grid keys (``logistic-model.l2_lambda``).
+
+Before anything trains, every grid point (each whole combination) is checked as
+train.py checks it, constructors included, and the arguments passed through to
+train.py are checked alone first; a refusal is one line, exit code 2. Re-running the
+same command trains only the runs that have no results.json: an interrupted run
+resumes from its last.ckpt, a run that never reached one starts again. A run is done
+only if its config.yaml is what the sweep would run now (the :data:`PLUMBING` keys
+aside); a sweep that finds runs made with other settings lists them and refuses, exit
+code 2. Each run is claimed with a ``.lock`` (:mod:`mnist_linear.locks`), so two sweeps
+at once train it once; a sweep waits for the runs another one trains. SIGINT and
+SIGTERM are forwarded to the trainings; the sweep waits for them and exits with 130.
+``summary.csv`` and ``summary.md``, one row per grid point with the mean and sample
+standard deviation over the seeds, are rebuilt from the runs' results.json files at
+the end of every sweep. Arguments the sweep does not know go to train.py unchanged.
 """
 
 from __future__ import annotations
