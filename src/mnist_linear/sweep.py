@@ -226,8 +226,10 @@ def start(args: argparse.Namespace, run: Run, extra: list[str]) -> subprocess.Po
     resume = [f"--ckpt_path={last}"] if last.is_file() else []
     if not resume:  # it never reached a checkpoint: start it again, keeping the claim
         for path in folder.iterdir():
-            if path.name != LOCK:
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.name != LOCK:
+                path.unlink()
     with open(folder / "train.log", "a") as log:
         return subprocess.Popen(
             [*train_command(args, run, extra), *resume], stdout=log, stderr=subprocess.STDOUT,
@@ -295,7 +297,11 @@ def train_all(args: argparse.Namespace, runs: list[Run], extra: list[str]) -> Pr
                     print(f"[{finished}/{total}] {run.name}: trained by another sweep",
                           flush=True)  # fmt: skip
                     continue
-                running[run] = (start(args, run, extra), time.perf_counter())
+                process = start(args, run, extra)
+                running[run] = (process, time.perf_counter())
+                if progress.signals:  # the signal came while it started
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(process.pid, progress.signals[-1])
             time.sleep(0.1)
             for run, (process, started) in list(running.items()):
                 if process.poll() is None:
