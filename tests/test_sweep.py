@@ -286,7 +286,7 @@ def test_a_typo_in_a_passed_through_argument_is_blamed_on_it(capsys, monkeypatch
 
 
 def test_a_run_is_claimed_once_and_a_stale_claim_is_taken_over(tmp_path: Path) -> None:
-    guard, run = tmp_path / ".claims", tmp_path / "run"
+    guard, run, host = tmp_path / ".claims", tmp_path / "run", socket.gethostname()
     assert claim(run, guard) is None
     assert (run / ".lock").read_text() == f"{os.getpid()}@{socket.gethostname()}\n"
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
@@ -297,6 +297,9 @@ def test_a_run_is_claimed_once_and_a_stale_claim_is_taken_over(tmp_path: Path) -
         assert claim(run, guard) == f"{live.pid}@{socket.gethostname()}"
         release(run)  # not this process's claim: kept
         assert (run / ".lock").read_text() == f"{live.pid}@{socket.gethostname()}\n"
+        # A killed sweep's training, still running, holds the run.
+        (run / ".lock").write_text(f"{dead.pid}@{socket.gethostname()}\n{live.pid}@{host}\n")
+        assert claim(run, guard) == f"{dead.pid}@{host}"
         (run / ".lock").write_text(f"{dead.pid}@{socket.gethostname()}\n")
         assert claim(run, guard) is None
         assert (run / ".lock").read_text() == f"{os.getpid()}@{socket.gethostname()}\n"

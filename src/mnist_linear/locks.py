@@ -2,9 +2,11 @@
 
 A sweep claims a run before it trains it and releases it when the training has ended,
 so that two sweeps over the same folder never train a run twice. The lock is made
-with ``O_CREAT | O_EXCL``, which succeeds in one process only. A lock whose process is
-no longer alive (on this host) is stale: a sweep takes it over by writing its own lock
-over it with a rename. The decision that a lock is stale and the take-over happen
+with ``O_CREAT | O_EXCL``, which succeeds in one process only; its first line is the
+sweep, and the training's process is added below it (:func:`add_process`), so that a
+training left running by a killed sweep still holds the run. A lock none of whose
+processes is alive (on this host) is stale: a sweep takes it over by writing its own
+lock over it with a rename. The decision that a lock is stale and the take-over happen
 while holding ``flock`` on one guard file of the sweep, so two sweeps that find the
 same stale lock take it over one after the other, and the second finds the first alive.
 """
@@ -27,12 +29,17 @@ def this_owner() -> str:
     return f"{os.getpid()}@{socket.gethostname()}"
 
 
-def owner_of(folder: Path) -> str | None:
-    """The ``PID@host`` that holds ``folder``'s lock, or ``None`` when it has none."""
+def holders(folder: Path) -> list[str]:
+    """The ``PID@host`` of each process in ``folder``'s lock, the sweep first; ``[]``: none."""
     try:
-        return (folder / LOCK).read_text().strip()
+        return (folder / LOCK).read_text().split()
     except FileNotFoundError:
-        return None
+        return []
+
+
+def owner_of(folder: Path) -> str | None:
+    """The ``PID@host`` of the sweep that holds ``folder``'s lock, or ``None``."""
+    return next(iter(holders(folder)), None)
 
 
 def alive(owner: str) -> bool:
@@ -66,14 +73,19 @@ def claim(folder: Path, guard: Path) -> str | None:
         try:
             fd = os.open(folder / LOCK, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
         except FileExistsError:
-            owner = owner_of(folder)
-            if owner is not None and owner != me and alive(owner):
-                return owner
+            held = holders(folder)
+            if held and held[0] != me and any(alive(holder) for holder in held):
+                return held[0]
             atomic_write_text(folder / LOCK, me + "\n")  # stale: take it over
             return None
         with os.fdopen(fd, "w") as lock:
             lock.write(me + "\n")
     return None
+
+
+def add_process(folder: Path, pid: int) -> None:
+    """Name process ``pid`` (this host), started for ``folder``, in the lock this process holds."""
+    atomic_write_text(folder / LOCK, f"{this_owner()}\n{pid}@{socket.gethostname()}\n")
 
 
 def release(folder: Path) -> None:

@@ -45,7 +45,7 @@ from pathlib import Path
 
 from mnist_linear.errors import OneLineArgumentParser, fail
 from mnist_linear.files import atomic_write_text
-from mnist_linear.locks import LOCK, claim, release
+from mnist_linear.locks import LOCK, add_process, claim, release
 
 DEFAULT_GRID = "model.l2_lambda=0,0.0001,0.001,0.01"
 METRICS = (
@@ -298,6 +298,7 @@ def train_all(args: argparse.Namespace, runs: list[Run], extra: list[str]) -> Pr
                           flush=True)  # fmt: skip
                     continue
                 process = start(args, run, extra)
+                add_process(folder, process.pid)
                 running[run] = (process, time.perf_counter())
                 if progress.signals:  # the signal came while it started
                     with contextlib.suppress(ProcessLookupError):
