@@ -17,7 +17,8 @@ only if its config.yaml is what the sweep would run now (the :data:`PLUMBING` ke
 aside); a sweep that finds runs made with other settings lists them and refuses, exit
 code 2. Each run is claimed with a ``.lock`` (:mod:`mnist_linear.locks`), so two sweeps
 at once train it once; a sweep waits for the runs another one trains. SIGINT and
-SIGTERM are forwarded to the trainings; the sweep waits for them and exits with 130.
+SIGTERM are forwarded to the trainings; the sweep waits for them and exits with 130
+(143 for SIGTERM).
 ``summary.csv`` and ``summary.md``, one row per grid point with the mean and sample
 standard deviation over the seeds, are rebuilt from the runs' results.json files at
 the end of every sweep. Arguments the sweep does not know go to train.py unchanged.
@@ -452,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         rerun = shlex.join(["python", "-m", "mnist_linear.sweep", *argv])
         print(f"Interrupted: {left} of {len(runs)} runs not finished; to resume them, "
               f"run again: {rerun}", file=sys.stderr, flush=True)  # fmt: skip
-        sys.exit(INTERRUPTED)
+        sys.exit(128 + progress.signals[0])  # 130 for SIGINT, 143 for SIGTERM, as shells do
     refuse_differences(args, differences(args, progress.by_others, extra))
     print(write_summary(args, runs), end="")
     print(f"Summary: {sweep_folder(args) / 'summary.csv'}")
