@@ -114,6 +114,7 @@ def sweep_command(root: Path, mnist: Path, *extra: str) -> list[str]:
     return [
         sys.executable, "-m", "mnist_linear.sweep",
         f"--root_dir={root}",
+        "--name=logistic_l2",
         "--grid", "model.l2_lambda=0,0.01",
         "--seeds=2",
         "--jobs=2",

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import signal
+import socket
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +19,8 @@ from conftest import REPO, sweep_command
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from mnist_linear.sweep import METRICS, Run, main, parse_grid, runs_of, split_values
+from mnist_linear.locks import claim, release
+from mnist_linear.sweep import METRICS, Run, main, parse_args, parse_grid, runs_of, split_values
 
 NAMES = [f"model.l2_lambda={lam},seed={seed}" for lam in ("0", "0.01") for seed in (0, 1)]
 
@@ -181,15 +186,16 @@ def test_rerunning_trains_only_the_runs_without_results(
 def test_a_failed_run_does_not_stop_the_others(
     tmp_path: Path, mnist_root: Path, capsys: pytest.CaptureFixture, monkeypatch
 ) -> None:
-    # batch 5000 is larger than the 2-vs-3 split: train.py refuses that run alone.
+    # batch 1000 is larger than the 2-vs-3 split of 2000 images, which only the data tells:
+    # train.py refuses that run alone.
     command = [c for c in sweep_command(tmp_path, mnist_root) if c != "--seeds=2"]
-    command[command.index("--grid") + 1] = "data.batch_size=5000,40"
+    command[command.index("--grid") + 1] = "data.batch_size=1000,40"
     monkeypatch.chdir(REPO)
     with pytest.raises(SystemExit) as stop:
         main([*command[3:-1], "--trainer.max_steps=3"])  # in this process; the runs in their own
     assert stop.value.code == 1
     out, err = capsys.readouterr()
-    assert err.strip().splitlines() == ["error: 1 run(s) failed: data.batch_size=5000"]
+    assert err.strip().splitlines() == ["error: 1 run(s) failed: data.batch_size=1000"]
     folder = tmp_path / "lightning_logs" / "logistic_l2"
     results = json.loads((folder / "data.batch_size=40" / "results.json").read_text())
     assert results["global_step"] == 3
@@ -207,3 +213,149 @@ def test_missing_config_is_refused_before_any_training(tmp_path: Path) -> None:
     assert done.stdout == ""
     assert done.stderr.strip().splitlines() == ["error: --config: no file at 'configs/nope.yaml'"]
     assert not (tmp_path / "lightning_logs").exists()
+
+
+# --- What a sweep may count as done, and what it refuses before training ----------------
+
+
+def test_a_rerun_with_other_settings_is_refused_naming_each_run_and_key(
+    sweep_root: Path, mnist_root: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    root = tmp_path / "copy"
+    subprocess.run(["cp", "-r", str(sweep_root), str(root)], check=True)
+    (_folder(root) / NAMES[1] / "results.json").unlink()  # interrupted: last.ckpt only
+    before = sorted(str(p) for p in root.rglob("*"))
+    monkeypatch.chdir(REPO)
+    with pytest.raises(SystemExit) as stop:
+        main([*sweep_command(root, mnist_root)[3:], "--trainer.max_epochs=3"])
+    assert stop.value.code == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert lines[:4] == [f"{name}: trainer.max_epochs 2 -> 3" for name in NAMES]
+    assert len(lines) == 5 and lines[4].startswith("error: 4 run(s) in ")
+    assert "--name" in lines[4] and out == ""
+    assert sorted(str(p) for p in root.rglob("*")) == before  # nothing trained or written
+
+
+def test_the_default_name_comes_from_the_config_and_the_grid_keys() -> None:
+    args, _ = parse_args(["--config=configs/softmax.yaml", "--grid", "model.l2_lambda=0,1"])
+    assert args.name == "softmax-model.l2_lambda"
+    args, _ = parse_args(["--grid", "model.l2_lambda=0", "--grid", "data.batch_size=20"])
+    assert args.name == "logistic-model.l2_lambda-data.batch_size"
+    assert parse_args(["--name=mine"])[0].name == "mine"
+
+
+@pytest.mark.parametrize(
+    "grids, named",
+    [
+        (["data.batch_size=40,30000"], "--grid data.batch_size=30000: batch_size must be at most"),
+        (["data.classes=[2,3],[4,4]"], "--grid data.classes=[4,4]: classes must be"),
+        (["model.nesterov=true"], "--grid model.nesterov=true: nesterov must be false"),
+        (["data.train_size=59000"], "--grid data.train_size=59000: train_size + val_size"),
+        (
+            ["model.momentum=0,0.9", "model.nesterov=false,true"],
+            "--grid model.momentum=0,model.nesterov=true: nesterov must be false",
+        ),
+    ],
+)
+def test_a_grid_point_a_constructor_refuses_is_refused_before_anything_trains(
+    grids: list[str], named: str, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    monkeypatch.chdir(REPO)
+    data = tmp_path / "data"
+    grid = [argument for entry in grids for argument in ("--grid", entry)]
+    with pytest.raises(SystemExit) as stop:
+        main([*grid, f"--root_dir={tmp_path}", f"--data.data_dir={data}", "--dry_run"])
+    assert stop.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {named}"), lines
+    assert list(tmp_path.iterdir()) == []  # no run folder, no MNIST file
+
+
+def test_a_typo_in_a_passed_through_argument_is_blamed_on_it(capsys, monkeypatch) -> None:
+    monkeypatch.chdir(REPO)
+    with pytest.raises(SystemExit) as stop:
+        main(["--grid", "model.l2_lambda=0", "--trainer.max_epochz", "3", "--dry_run"])
+    assert stop.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: arguments passed to train.py: "), lines
+    assert "--trainer.max_epochz" in lines[0] and "--grid" not in lines[0]
+
+
+# --- Claims: one sweep trains a run ----------------------------------------------------
+
+
+def test_a_run_is_claimed_once_and_a_stale_claim_is_taken_over(tmp_path: Path) -> None:
+    guard, run, host = tmp_path / ".claims", tmp_path / "run", socket.gethostname()
+    assert claim(run, guard) is None
+    assert (run / ".lock").read_text() == f"{os.getpid()}@{socket.gethostname()}\n"
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    try:
+        (run / ".lock").write_text(f"{live.pid}@{socket.gethostname()}\n")
+        assert claim(run, guard) == f"{live.pid}@{socket.gethostname()}"
+        release(run)  # not this process's claim: kept
+        assert (run / ".lock").read_text() == f"{live.pid}@{socket.gethostname()}\n"
+        # A killed sweep's training, still running, holds the run.
+        (run / ".lock").write_text(f"{dead.pid}@{socket.gethostname()}\n{live.pid}@{host}\n")
+        assert claim(run, guard) == f"{dead.pid}@{host}"
+        (run / ".lock").write_text(f"{dead.pid}@{socket.gethostname()}\n")
+        assert claim(run, guard) is None
+        assert (run / ".lock").read_text() == f"{os.getpid()}@{socket.gethostname()}\n"
+    finally:
+        live.kill()
+        live.wait()
+    release(run)
+    assert not (run / ".lock").exists()
+
+
+def test_two_sweeps_started_at_once_train_every_run_once(tmp_path: Path, mnist_root: Path) -> None:
+    command = [c for c in sweep_command(tmp_path, mnist_root) if c != "--seeds=2"]
+    command[-1] = "--trainer.max_epochs=1"
+    sweeps = [
+        subprocess.Popen(
+            command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    outputs = [sweep.communicate(timeout=240) for sweep in sweeps]
+    assert [sweep.returncode for sweep in sweeps] == [0, 0], outputs
+    folder = tmp_path / "lightning_logs" / "logistic_l2"
+    for name in ("model.l2_lambda=0", "model.l2_lambda=0.01"):
+        assert len(list((folder / name).glob("events.out.tfevents.*"))) == 1, outputs
+        assert (folder / name / "train.log").read_text().count("Results: ") == 1
+        assert not (folder / name / ".lock").exists()
+    lines = [line for out, _ in outputs for line in out.splitlines() if line.startswith("[")]
+    assert sum("val/acc" in line for line in lines) == 2, outputs  # trained here
+    assert sum("trained by another sweep" in line for line in lines) == 2, outputs
+
+
+def test_ctrl_c_stops_the_trainings_and_a_rerun_finishes_them(
+    tmp_path: Path, mnist_root: Path, capsys, monkeypatch
+) -> None:
+    command = [c for c in sweep_command(tmp_path, mnist_root) if c != "--seeds=2"]
+    command[command.index("--grid") + 1] = "model.l2_lambda=0"
+    command[-1] = "--trainer.max_epochs=5"
+    sweep = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)  # fmt: skip
+    run = tmp_path / "lightning_logs" / "logistic_l2" / "model.l2_lambda=0"
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoints" / "last.ckpt").exists() and sweep.poll() is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    children = Path(f"/proc/{sweep.pid}/task/{sweep.pid}/children").read_text().split()
+    sweep.send_signal(signal.SIGINT)
+    out, err = sweep.communicate(timeout=120)
+    assert sweep.returncode == 130, out + err
+    assert "Traceback" not in err and children
+    assert err.strip().splitlines()[-1].startswith("Interrupted: 1 of 1 runs not finished;")
+    assert "python -m mnist_linear.sweep" in err
+    for pid in map(int, children):
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    assert not (run / "results.json").exists() and not (run / ".lock").exists()
+    monkeypatch.chdir(REPO)
+    main(command[3:])  # the same command again, in this process
+    assert "[1/1] model.l2_lambda=0: val/acc" in capsys.readouterr().out
+    assert json.loads((run / "results.json").read_text())["stopped_epoch"] == 4

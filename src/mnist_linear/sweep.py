@@ -5,33 +5,48 @@
 
 Every run is a TensorBoard run of its own, ``<root_dir>/lightning_logs/<name>/<run>``,
 named by its grid values and its seed (``model.l2_lambda=0.001,seed=3``), with what it
-prints in ``train.log`` there. Re-running the same command trains only the runs that
-have no results.json: an interrupted run resumes from its last.ckpt, a run that never
-reached one starts again. ``summary.csv`` and ``summary.md``, one row per grid point
-with the mean and sample standard deviation over the seeds, are rebuilt from the runs'
-results.json files at the end of every sweep. Arguments the sweep does not know go to
-train.py unchanged.
+prints in ``train.log`` there. ``--name`` defaults to the config file's name and the
+grid keys (``logistic-model.l2_lambda``).
+
+Before anything trains, every grid point (each whole combination) is checked as
+train.py checks it, constructors included, and the arguments passed through to
+train.py are checked alone first; a refusal is one line, exit code 2. Re-running the
+same command trains only the runs that have no results.json: an interrupted run
+resumes from its last.ckpt, a run that never reached one starts again. A run is done
+only if its config.yaml is what the sweep would run now (the :data:`PLUMBING` keys
+aside); a sweep that finds runs made with other settings lists them and refuses, exit
+code 2. Each run is claimed with a ``.lock`` (:mod:`mnist_linear.locks`), so two sweeps
+at once train it once; a sweep waits for the runs another one trains. SIGINT and
+SIGTERM are forwarded to the trainings; the sweep waits for them and exits with 130
+(143 for SIGTERM).
+``summary.csv`` and ``summary.md``, one row per grid point with the mean and sample
+standard deviation over the seeds, are rebuilt from the runs' results.json files at
+the end of every sweep. Arguments the sweep does not know go to train.py unchanged.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import io
 import itertools
 import json
+import os
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from mnist_linear.errors import OneLineArgumentParser, fail
 from mnist_linear.files import atomic_write_text
+from mnist_linear.locks import LOCK, add_process, claim, release
 
 DEFAULT_GRID = "model.l2_lambda=0,0.0001,0.001,0.01"
 METRICS = (
@@ -39,6 +54,13 @@ METRICS = (
     "weight_norm", "best_epoch", "stopped_epoch",
 )  # fmt: skip
 OPENING, CLOSING = "[({", "])}"
+# Keys of a run's config.yaml that say where it reads and writes, not what it computes:
+# a rerun may change them (another data folder holding the same bytes) and find it done.
+PLUMBING = (
+    "config", "ckpt_path", "data.data_dir", "trainer.default_root_dir", "trainer.logger",
+    "trainer.enable_progress_bar",
+)  # fmt: skip
+INTERRUPTED = 130
 
 
 def split_values(text: str) -> list[str]:
@@ -97,27 +119,88 @@ def runs_of(grid: Sequence[tuple[str, list[str]]], seeds: int | None) -> list[Ru
     return [Run(p, s) for p in points for s in ([None] if seeds is None else range(seeds))]
 
 
-def check_runs(config: str, runs: list[Run], extra: list[str]) -> None:
-    """Parse every run's arguments as train.py does; exit 2 in one line at the first bad one."""
-    from mnist_linear.cli import UsageError, parse_only
+def check_arguments(args: argparse.Namespace, runs: list[Run], extra: list[str]) -> None:
+    """Refuse, in one line with exit 2, what train.py would refuse before training.
 
-    seen = set()
+    The arguments passed through to train.py first, alone, once; then every grid point,
+    each whole combination of values, with the constructors run as train.py runs them.
+    Nothing is written and no MNIST file is read.
+    """
+    from mnist_linear.cli import UsageError, check_only, parse_only
+
+    try:
+        parse_only([f"--config={args.config}", *extra])
+    except UsageError as error:
+        fail(f"arguments passed to train.py: {error}")
+    for _, group in itertools.groupby(runs, key=lambda run: run.point):
+        run = next(group)  # the seeds of a point cannot be refused
+        try:
+            check_only(train_arguments(args, run, extra))
+        except UsageError as error:
+            fail(f"--grid {run.point_name or 'none'}: {error}")
+
+
+def differences(args: argparse.Namespace, runs: list[Run], extra: list[str]) -> list[str]:
+    """One line per run of the folder whose recorded config.yaml is not what it would run now.
+
+    Both configurations are resolved by train.py's parser; the keys in :data:`PLUMBING`
+    are not compared. Only runs with something to keep count: results.json or last.ckpt.
+    """
+    from mnist_linear.cli import UsageError, parse_only
+    from mnist_linear.run import changed_settings, flat_settings
+
+    def settings(arguments: list[str]) -> dict[str, str]:
+        config = parse_only(arguments).as_dict()
+        flat = flat_settings({k: v for k, v in config.items() if k not in ("config", "ckpt_path")})
+        return {k: v for k, v in flat.items() if not is_plumbing(k)}
+
+    lines = []
     for run in runs:
-        for key, value in run.point:
-            if (key, value) in seen:
-                continue
-            seen.add((key, value))
-            try:
-                parse_only([f"--config={config}", *extra, f"--{key}={value}"])
-            except UsageError as error:
-                fail(f"--grid {key}={value}: {error}")
+        folder = sweep_folder(args) / run.name
+        recorded = folder / "config.yaml"
+        kept = (folder / "results.json").is_file() or (
+            folder / "checkpoints" / "last.ckpt"
+        ).is_file()
+        if not (kept and recorded.is_file()):
+            continue
+        try:
+            before = settings([f"--config={recorded}"])
+        except UsageError as error:
+            lines.append(f"{run.name}: its config.yaml is not one train.py accepts now: {error}")
+            continue
+        changes = changed_settings(before, settings(train_arguments(args, run, extra)))
+        if changes:
+            listed = ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changes.items())
+            lines.append(f"{run.name}: {listed}")
+    return lines
+
+
+def refuse_differences(args: argparse.Namespace, lines: list[str]) -> None:
+    """Print the differing runs, one a line, and exit 2 naming ``--name``."""
+    if not lines:
+        return
+    for line in lines:
+        print(line, file=sys.stderr)
+    fail(
+        f"{len(lines)} run(s) in {sweep_folder(args)} were made with other settings (above, "
+        "recorded -> now); rerun with their settings, or give --name to sweep into a new "
+        "folder and keep both"
+    )
+
+
+def is_plumbing(key: str) -> bool:
+    return any(key == p or key.startswith(f"{p}.") for p in PLUMBING)
 
 
 def train_command(args: argparse.Namespace, run: Run, extra: list[str]) -> list[str]:
     """The train.py command line (``python -m mnist_linear.cli``) of one run."""
+    return [sys.executable, "-m", "mnist_linear.cli", *train_arguments(args, run, extra)]
+
+
+def train_arguments(args: argparse.Namespace, run: Run, extra: list[str]) -> list[str]:
+    """The arguments train.py gets for one run."""
     folder = sweep_folder(args)
     return [
-        sys.executable, "-m", "mnist_linear.cli",
         f"--config={args.config}", *extra, *run.arguments(),
         f"--trainer.default_root_dir={args.root_dir}",
         "--trainer.logger=lightning.pytorch.loggers.TensorBoardLogger",
@@ -134,17 +217,25 @@ def sweep_folder(args: argparse.Namespace) -> Path:
 
 
 def start(args: argparse.Namespace, run: Run, extra: list[str]) -> subprocess.Popen:
-    """Start one run in its own process, resuming from its last.ckpt when it has one."""
+    """Start one claimed run in its own process, resuming from its last.ckpt when it has one.
+
+    The process leads a session of its own, so that a Ctrl-C reaches it once, forwarded
+    by the sweep, and its own processes (DDP's) with it.
+    """
     folder = sweep_folder(args) / run.name
     last = folder / "checkpoints" / "last.ckpt"
     resume = [f"--ckpt_path={last}"] if last.is_file() else []
-    if not resume and folder.exists():
-        shutil.rmtree(folder)  # it never reached a checkpoint: start it again
-    folder.mkdir(parents=True, exist_ok=True)
+    if not resume:  # it never reached a checkpoint: start it again, keeping the claim
+        for path in folder.iterdir():
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.name != LOCK:
+                path.unlink()
     with open(folder / "train.log", "a") as log:
         return subprocess.Popen(
-            [*train_command(args, run, extra), *resume], stdout=log, stderr=subprocess.STDOUT
-        )
+            [*train_command(args, run, extra), *resume], stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
 
 
 def results_of(folder: Path) -> dict | None:
@@ -154,35 +245,102 @@ def results_of(folder: Path) -> dict | None:
         return None
 
 
-def train_all(args: argparse.Namespace, runs: list[Run], extra: list[str]) -> list[Run]:
-    """Train the runs without results, ``args.jobs`` at a time; the runs that failed."""
+@dataclass
+class Progress:
+    """What :func:`train_all` did: runs that failed, finished by another sweep, signals."""
+
+    failed: list[Run] = field(default_factory=list)
+    by_others: list[Run] = field(default_factory=list)
+    signals: list[int] = field(default_factory=list)
+
+
+def train_all(args: argparse.Namespace, runs: list[Run], extra: list[str]) -> Progress:
+    """Train the runs without results, ``args.jobs`` at a time, each claimed first.
+
+    A run another live sweep holds is waited for: when its lock goes, it is done (its
+    results.json is there) or this sweep claims and trains it. SIGINT and SIGTERM are
+    forwarded to the trainings, which stop as train.py stops; no new run starts.
+    """
     todo = [run for run in runs if results_of(sweep_folder(args) / run.name) is None]
     print(f"{len(runs) - len(todo)} of {len(runs)} runs done already; {len(todo)} to train, "
           f"{args.jobs} at a time.", flush=True)  # fmt: skip
+    guard = sweep_folder(args) / ".claims"
+    guard.parent.mkdir(parents=True, exist_ok=True)
     running: dict[Run, tuple[subprocess.Popen, float]] = {}
-    failed, finished = [], 0
-    while todo or running:
-        while todo and len(running) < args.jobs:
-            run = todo.pop(0)
-            running[run] = (start(args, run, extra), time.perf_counter())
-        time.sleep(0.1)
-        for run, (process, started) in list(running.items()):
-            if process.poll() is None:
-                continue
-            del running[run]
-            finished += 1
-            seconds = time.perf_counter() - started
-            results = results_of(sweep_folder(args) / run.name)
-            if process.returncode == 0 and results is not None:
-                outcome = (f"val/acc {100 * results['val/acc']:.2f}%, "
-                           f"test/acc {100 * results['test/acc']:.2f}%")  # fmt: skip
-            else:
-                failed.append(run)
-                log = sweep_folder(args) / run.name / "train.log"
-                outcome = f"FAILED with exit code {process.returncode}, see {log}"
-            print(f"[{finished}/{finished + len(todo) + len(running)}] {run.name}: {outcome} "
-                  f"({seconds:.1f} s)", flush=True)  # fmt: skip
-    return failed
+    waiting: set[Run] = set()
+    progress, finished, total = Progress(), 0, len(todo)
+
+    def forward(signum: int, frame: object) -> None:
+        progress.signals.append(signum)
+        for process, _ in running.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while (todo and not progress.signals) or running:
+            for run in list(todo):
+                if len(running) >= args.jobs or progress.signals:
+                    break
+                folder = sweep_folder(args) / run.name
+                owner = claim(folder, guard)
+                if owner is not None:
+                    if run not in waiting:
+                        waiting.add(run)
+                        print(f"{run.name}: being trained by PID {owner} (another sweep); "
+                              "waiting for it.", flush=True)  # fmt: skip
+                    continue
+                todo.remove(run)
+                if results_of(folder) is not None:  # the other sweep finished it
+                    release(folder)
+                    progress.by_others.append(run)
+                    finished += 1
+                    print(f"[{finished}/{total}] {run.name}: trained by another sweep",
+                          flush=True)  # fmt: skip
+                    continue
+                process = start(args, run, extra)
+                add_process(folder, process.pid)
+                running[run] = (process, time.perf_counter())
+                if progress.signals:  # the signal came while it started
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(process.pid, progress.signals[-1])
+            time.sleep(0.1)
+            for run, (process, started) in list(running.items()):
+                if process.poll() is None:
+                    continue
+                del running[run]
+                release(sweep_folder(args) / run.name)
+                finished += 1
+                seconds = time.perf_counter() - started
+                print(f"[{finished}/{total}] {run.name}: {outcome(args, run, process, progress)} "
+                      f"({seconds:.1f} s)", flush=True)  # fmt: skip
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for process, _ in running.values():  # only if the sweep itself failed
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGINT)
+            process.wait()
+        for run in running:
+            release(sweep_folder(args) / run.name)
+    return progress
+
+
+def outcome(
+    args: argparse.Namespace, run: Run, process: subprocess.Popen, progress: Progress
+) -> str:
+    """How a run's training ended, in words; a failed one goes to ``progress.failed``."""
+    folder = sweep_folder(args) / run.name
+    results = results_of(folder)
+    if process.returncode == 0 and results is not None:
+        return (f"val/acc {100 * results['val/acc']:.2f}%, "
+                f"test/acc {100 * results['test/acc']:.2f}%")  # fmt: skip
+    if progress.signals:
+        if (folder / "checkpoints" / "last.ckpt").is_file():
+            return "interrupted; resumes from its last.ckpt"
+        return "interrupted before its first checkpoint; starts again"
+    progress.failed.append(run)
+    return f"FAILED with exit code {process.returncode}, see {folder / 'train.log'}"
 
 
 def summary_rows(args: argparse.Namespace, runs: list[Run]) -> list[dict[str, object]]:
@@ -246,8 +404,10 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
         "--jobs", type=_positive, default=1, help="Trainings at once (default: %(default)s)."
     )
     parser.add_argument(
-        "--name", default="logistic_l2", help="Folder of the runs under lightning_logs."
-    )
+        "--name", default=None,
+        help="Folder of the runs under lightning_logs (default: the config file's name and "
+        "the grid keys, such as logistic-model.l2_lambda).",
+    )  # fmt: skip
     parser.add_argument("--root_dir", default=".", help="Folder that holds lightning_logs.")
     parser.add_argument(
         "--dry_run", action="store_true",
@@ -258,6 +418,8 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     keys = [key for key, _ in args.grid]
     if len(set(keys)) != len(keys):
         parser.error(f"argument --grid: each key once, got {keys}")
+    if args.name is None:
+        args.name = "-".join([Path(args.config).stem, *keys])
     return args, extra
 
 
@@ -268,21 +430,35 @@ def _positive(text: str) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args, extra = parse_args(argv)
-    if not Path(args.config).is_file():
-        fail(f"--config: no file at {args.config!r}")
-    runs = runs_of(args.grid, args.seeds)
-    check_runs(args.config, runs, extra)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        args, extra = parse_args(argv)
+        if not Path(args.config).is_file():
+            fail(f"--config: no file at {args.config!r}")
+        runs = runs_of(args.grid, args.seeds)
+        check_arguments(args, runs, extra)
+        refuse_differences(args, differences(args, runs, extra))
+    except KeyboardInterrupt:
+        print("Interrupted before anything trained.", file=sys.stderr)
+        sys.exit(INTERRUPTED)
     if args.dry_run:
         for run in runs:
             if results_of(sweep_folder(args) / run.name) is None:
                 command = ["python", *train_command(args, run, extra)[1:]]
                 print(shlex.join(command))
         return
-    failed = train_all(args, runs, extra)
+    progress = train_all(args, runs, extra)
+    if progress.signals:
+        left = sum(results_of(sweep_folder(args) / run.name) is None for run in runs)
+        rerun = shlex.join(["python", "-m", "mnist_linear.sweep", *argv])
+        print(f"Interrupted: {left} of {len(runs)} runs not finished; to resume them, "
+              f"run again: {rerun}", file=sys.stderr, flush=True)  # fmt: skip
+        sys.exit(128 + progress.signals[0])  # 130 for SIGINT, 143 for SIGTERM, as shells do
+    refuse_differences(args, differences(args, progress.by_others, extra))
     print(write_summary(args, runs), end="")
     print(f"Summary: {sweep_folder(args) / 'summary.csv'}")
-    if failed:
+    if progress.failed:
+        failed = progress.failed
         fail(f"{len(failed)} run(s) failed: {', '.join(run.name for run in failed)}", 1)
 
 

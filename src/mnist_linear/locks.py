@@ -1,0 +1,95 @@
+"""A run folder claimed by one sweep at a time: ``<run>/.lock``, holding ``PID@host``.
+
+A sweep claims a run before it trains it and releases it when the training has ended,
+so that two sweeps over the same folder never train a run twice. The lock is made
+with ``O_CREAT | O_EXCL``, which succeeds in one process only; its first line is the
+sweep, and the training's process is added below it (:func:`add_process`), so that a
+training left running by a killed sweep still holds the run. A lock none of whose
+processes is alive (on this host) is stale: a sweep takes it over by writing its own
+lock over it with a rename. The decision that a lock is stale and the take-over happen
+while holding ``flock`` on one guard file of the sweep, so two sweeps that find the
+same stale lock take it over one after the other, and the second finds the first alive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+from pathlib import Path
+
+from mnist_linear.files import atomic_write_text
+
+LOCK = ".lock"
+
+
+def this_owner() -> str:
+    """``PID@host`` of this process, as its locks hold it."""
+    return f"{os.getpid()}@{socket.gethostname()}"
+
+
+def holders(folder: Path) -> list[str]:
+    """The ``PID@host`` of each process in ``folder``'s lock, the sweep first; ``[]``: none."""
+    try:
+        return (folder / LOCK).read_text().split()
+    except FileNotFoundError:
+        return []
+
+
+def owner_of(folder: Path) -> str | None:
+    """The ``PID@host`` of the sweep that holds ``folder``'s lock, or ``None``."""
+    return next(iter(holders(folder)), None)
+
+
+def alive(owner: str) -> bool:
+    """Whether the process named by ``owner`` may still be running.
+
+    A process on another host cannot be asked, so it counts as alive; so does a lock
+    that names no process (a file this module did not write).
+    """
+    pid, _, host = owner.partition("@")
+    if host != socket.gethostname() or not pid.isdigit():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def claim(folder: Path, guard: Path) -> str | None:
+    """Claim ``folder`` (made if needed) for this process.
+
+    Returns ``None`` when this process now holds it, else the live owner's ``PID@host``.
+    ``guard`` is a file of the sweep's own folder, locked while a claim is decided.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    me = this_owner()
+    with open(guard, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # released when the file closes, or the process dies
+        try:
+            fd = os.open(folder / LOCK, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            held = holders(folder)
+            if held and held[0] != me and any(alive(holder) for holder in held):
+                return held[0]
+            atomic_write_text(folder / LOCK, me + "\n")  # stale: take it over
+            return None
+        with os.fdopen(fd, "w") as lock:
+            lock.write(me + "\n")
+    return None
+
+
+def add_process(folder: Path, pid: int) -> None:
+    """Name process ``pid`` (this host), started for ``folder``, in the lock this process holds."""
+    atomic_write_text(folder / LOCK, f"{this_owner()}\n{pid}@{socket.gethostname()}\n")
+
+
+def release(folder: Path) -> None:
+    """Remove ``folder``'s lock if this process holds it."""
+    if owner_of(folder) == this_owner():
+        with contextlib.suppress(FileNotFoundError):
+            (folder / LOCK).unlink()
