@@ -78,9 +78,9 @@ def test_null_T_keeps_the_rate_constant() -> None:
     assert [callback.rate(0.3, t) for t in (0, 10, 10**6)] == [0.3, 0.3, 0.3]
 
 
-@pytest.mark.parametrize("T", [0, -1.0, float("nan")])
+@pytest.mark.parametrize("T", [0, -1.0, float("nan"), float("inf"), float("-inf")])
 def test_bad_T_is_refused(T: float) -> None:
-    with pytest.raises(ValueError, match="T must be > 0 or null"):
+    with pytest.raises(ValueError, match="T must be a finite number > 0, or null"):
         LearningRateAnnealing(T=T)
 
 

@@ -129,6 +129,15 @@ def test_a_named_profiler_is_the_trainers(tmp_path: Path, monkeypatch: pytest.Mo
         ("--data.train_size=59000", "train_size", "59000"),
         ("--model.nesterov=true", "nesterov", "True"),
         ("--config=configs/nope.yaml", "config", "nope.yaml"),
+        ("--seed_everything=-1", "seed_everything", "-1"),
+        ("--seed_everything=4294967296", "seed_everything", "4294967296"),
+        ("--data.seed=-1", "data.seed", "-1"),
+        ("--model.learning_rate=inf", "model.learning_rate", "inf"),
+        ("--model.learning_rate=nan", "model.learning_rate", "nan"),
+        ("--model.l2_lambda=inf", "model.l2_lambda", "inf"),
+        ("--model.l2_lambda=-inf", "model.l2_lambda", "-inf"),
+        ("--model.l2_lambda=nan", "model.l2_lambda", "nan"),
+        ("--annealing.T=inf", "annealing.T", "inf"),
     ],
 )
 def test_bad_input_is_one_line_naming_option_and_value_with_exit_code_2(

@@ -15,7 +15,12 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 from torchvision.utils import make_grid
 from tqdm.auto import tqdm
 
-from mnist_linear.errors import NonNegativeInt, PositiveFloat, PositiveInt, check_int
+from mnist_linear.errors import (
+    FinitePositiveFloat,
+    NonNegativeInt,
+    PositiveInt,
+    check_int,
+)
 from mnist_linear.splits import IMAGE_SIDE
 
 TILE_PADDING = 2
@@ -30,12 +35,17 @@ class LearningRateAnnealing(L.Callback):
     its own. The rate of the last step is logged as ``lr`` at every evaluation.
 
     Args:
-        T: Steps after which the rate has halved; ``None`` keeps the rate constant.
+        T: Steps after which the rate has halved, finite and > 0; ``None`` keeps the rate
+            constant.
     """
 
-    def __init__(self, T: PositiveFloat | None = 1000) -> None:
-        if T is not None and not T > 0:
-            raise ValueError(f"T must be > 0 or null for a constant rate, got {T!r}")
+    def __init__(self, T: FinitePositiveFloat | None = 1000) -> None:
+        # T = inf would also mean a constant rate; None is the one way to say it.
+        finite = isinstance(T, int | float) and not isinstance(T, bool) and math.isfinite(T)
+        if T is not None and not (finite and T > 0):
+            raise ValueError(
+                f"T must be a finite number > 0, or null for a constant rate, got {T!r}"
+            )
         self.T = T
 
     def rate(self, lr0: float, step: int) -> float:

@@ -31,7 +31,7 @@ from mnist_linear.callbacks import (
     WeightImageLogger,
 )
 from mnist_linear.data import MNISTSubsetDataModule, SplitTooSmallError
-from mnist_linear.errors import USAGE_ERROR, fail
+from mnist_linear.errors import USAGE_ERROR, Seed, fail
 from mnist_linear.files import atomic_write_text
 from mnist_linear.mnist_files import MNISTFilesError
 from mnist_linear.model import LinearClassifier
@@ -65,6 +65,16 @@ class MNISTLinearCLI(LightningCLI):
     run_dir: Path | None = None
     checkpoint: dict[str, Any] | None = None
     config_text = ""
+
+    def add_default_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Lightning's ``--seed_everything``, typed so that a seed out of range is refused."""
+        parser.add_argument(
+            "--seed_everything",
+            type=bool | Seed,
+            default=self.seed_everything_default,
+            help="Seed of seed_everything, from 0 to 2**32 - 1, set before the classes are "
+            "made; true for a random seed, false for none.",
+        )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")

@@ -8,6 +8,7 @@ value. The constructors check the same bounds again for Python callers.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import NoReturn
 
@@ -22,12 +23,15 @@ from jsonargparse.typing import (
 __all__ = [
     "USAGE_ERROR",
     "Digit",
+    "FiniteNonNegativeFloat",
+    "FinitePositiveFloat",
     "Momentum",
     "NonNegativeFloat",
     "NonNegativeInt",
     "PositiveFloat",
     "PositiveInt",
     "Seed",
+    "check_float",
     "check_int",
     "fail",
 ]
@@ -37,6 +41,13 @@ USAGE_ERROR = 2
 Digit = restricted_number_type("Digit", int, [(">=", 0), ("<=", 9)])
 Momentum = restricted_number_type("Momentum", float, [(">=", 0), ("<", 1)])
 Seed = restricted_number_type("Seed", int, [(">=", 0), ("<=", 2**32 - 1)])
+# inf passes "> 0" and trains to NaN; the upper bound refuses it (and nan fails every comparison).
+FinitePositiveFloat = restricted_number_type(
+    "FinitePositiveFloat", float, [(">", 0), ("<", math.inf)]
+)
+FiniteNonNegativeFloat = restricted_number_type(
+    "FiniteNonNegativeFloat", float, [(">=", 0), ("<", math.inf)]
+)
 
 
 def check_int(
@@ -54,6 +65,20 @@ def check_int(
     if isinstance(value, bool) or not in_range:
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
     return value
+
+
+def check_float(name: str, value: object, minimum: float, inclusive: bool = True) -> float:
+    """``value`` if it is a finite number (not a bool) >= ``minimum`` (> when not ``inclusive``).
+
+    Else ValueError naming the argument, the values allowed and the value received.
+    """
+    bound = f"{'>=' if inclusive else '>'} {minimum:g}"
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not (
+        number and math.isfinite(value) and (value >= minimum if inclusive else value > minimum)
+    ):
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    return float(value)
 
 
 def fail(message: str, code: int = USAGE_ERROR) -> NoReturn:
