@@ -210,6 +210,32 @@ def test_batch_larger_than_the_two_digit_split_is_one_line_and_exit_code_2(
         "error: --data.batch_size must be at most 4005 for a training split of 4005 images "
         "on 1 process(es), got 5000"
     )
+    assert not list(tmp_path.glob("lightning_logs/version_*"))
+
+
+# The MNIST training labels from index 20000 are 5 9 7 3 ..., the test labels end 2 3 4 5 6,
+# and the training labels' first 3 is at index 7 (after the first 2), the first 8 at 17, last
+# of the ten digits.
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data.val_size=1"], "val_size must be at least 4 with classes [2, 3], "
+         "so that the validation split holds an image, got 1"),
+        (["--data.test_size=3"], "test_size must be at least 4 with classes [2, 3], "
+         "so that the test split holds an image, got 3"),
+        (["--data.train_size=7", "--data.batch_size=1"], "train_size must be at least 8 with "
+         "classes [2, 3], so that every class has a training image, got 7"),
+        (["--data.classes=null", "--data.train_size=17", "--data.batch_size=1"],
+         "train_size must be at least 18 with all ten digits, so that every class has a "
+         "training image, got 17"),
+    ],
+)  # fmt: skip
+def test_an_empty_split_or_a_class_without_training_images_is_refused_up_front(
+    args: list[str], message: str, tmp_path: Path, mnist_root: Path, capfd, monkeypatch
+) -> None:
+    monkeypatch.setattr("sys.argv", ["train.py"])
+    assert _refusal(args, tmp_path, mnist_root, capfd) == f"error: --data.{message}"
+    assert not list(tmp_path.glob("lightning_logs/version_*"))
 
 
 @pytest.mark.slow

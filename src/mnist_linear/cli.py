@@ -253,6 +253,12 @@ def fit_and_report(cli: MNISTLinearCLI) -> dict[str, Any] | None:
     of ``ddp_spawn``, whose workers write results.json).
     """
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
+    try:  # splits too small for the data are bad input: refused before the run folder is used
+        datamodule.check_sizes(trainer.world_size)
+    except BaseException:
+        if cli.run_dir is not None and cli.run_dir.is_dir() and not any(cli.run_dir.iterdir()):
+            cli.run_dir.rmdir()
+        raise
     if cli.run_dir is not None and rank_zero_only.rank == 0:
         atomic_write_text(cli.run_dir / "config.yaml", cli.config_text)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cli.config.get("ckpt_path"))

@@ -8,7 +8,7 @@ import torchvision
 from torch.utils.data import DataLoader, TensorDataset
 
 from mnist_linear.errors import Digit, PositiveInt, Seed, check_int
-from mnist_linear.mnist_files import ensure_mnist
+from mnist_linear.mnist_files import ensure_mnist, read_labels
 from mnist_linear.samplers import SequentialStepSampler, ShardSampler, StepPartitionSampler
 from mnist_linear.splits import (
     MNIST_TEST_SIZE,
@@ -57,7 +57,10 @@ class TensorSplit(TensorDataset):
 
 
 class SplitTooSmallError(ValueError):
-    """The training split, known only once the data is read, is smaller than one step's batch."""
+    """A split that, known only once the labels are read, is empty or too small.
+
+    The message starts with the data module's argument to change (``val_size must be``).
+    """
 
 
 class MNISTSubsetDataModule(L.LightningDataModule):
@@ -147,26 +150,76 @@ class MNISTSubsetDataModule(L.LightningDataModule):
         ensure_mnist(self.data_dir)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
-        root = ensure_mnist(self.data_dir).parent.parent
-        train = torchvision.datasets.MNIST(root, train=True, download=False)
-        test = torchvision.datasets.MNIST(root, train=False, download=False)
-        end = self.train_size + self.val_size
-        self.train_set = self.subset(
-            train.data[: self.train_size], train.targets[: self.train_size]
+        if self.train_set is None:
+            root = ensure_mnist(self.data_dir).parent.parent
+            train = torchvision.datasets.MNIST(root, train=True, download=False)
+            test = torchvision.datasets.MNIST(root, train=False, download=False)
+            self._check_sizes(train.targets, test.targets, self._replicas()[0])
+            end = self.train_size + self.val_size
+            self.train_set = self.subset(
+                train.data[: self.train_size], train.targets[: self.train_size]
+            )
+            self.val_set = self.subset(
+                train.data[self.train_size : end], train.targets[self.train_size : end]
+            )
+            self.test_set = self.subset(
+                test.data[-self.test_size :], test.targets[-self.test_size :]
+            )
+            x, y = self.train_set.tensors
+            self.class_means = torch.stack([x[y == k].mean(dim=0) for k in range(self.num_classes)])
+        # Again on every call: the number of processes is known only once the Trainer runs.
+        self._check_batch(len(self.train_set), self._replicas()[0])
+
+    def check_sizes(self, num_replicas: int = 1) -> None:
+        """Raise :class:`SplitTooSmallError` where :meth:`setup` would, reading only the labels.
+
+        A split is refused when it would hold no image, the training split when a class
+        has no image in it or when it holds fewer images than one step takes on
+        ``num_replicas`` processes.
+        """
+        folder = ensure_mnist(self.data_dir)
+        self._check_sizes(
+            torch.from_numpy(read_labels(folder / "train-labels-idx1-ubyte")).long(),
+            torch.from_numpy(read_labels(folder / "t10k-labels-idx1-ubyte")).long(),
+            num_replicas,
         )
-        self.val_set = self.subset(
-            train.data[self.train_size : end], train.targets[self.train_size : end]
-        )
-        self.test_set = self.subset(test.data[-self.test_size :], test.targets[-self.test_size :])
-        x, y = self.train_set.tensors
-        self.class_means = torch.stack([x[y == k].mean(dim=0) for k in range(self.num_classes)])
-        num_replicas, _ = self._replicas()
-        if self.batch_size * num_replicas > len(x):
+
+    def _check_sizes(
+        self, train_digits: torch.Tensor, test_digits: torch.Tensor, num_replicas: int
+    ) -> None:
+        digits = list(range(10)) if self.classes is None else list(self.classes)
+        which = "all ten digits" if self.classes is None else f"classes {digits}"
+        kept = torch.isin(train_digits, torch.tensor(digits))
+        # The shortest training split holding every class, validation split and test split
+        # holding an image: from the first (or, for test, the last) index of each digit.
+        firsts = [int((train_digits == d).nonzero()[0]) for d in digits]
+        after = kept[self.train_size :].nonzero()
+        lasts = torch.isin(test_digits, torch.tensor(digits)).nonzero()
+        needed = {
+            "train_size": (max(firsts) + 1, "so that every class has a training image"),
+            "val_size": (
+                int(after[0]) + 1 if len(after) else None,
+                "so that the validation split holds an image",
+            ),
+            "test_size": (
+                len(test_digits) - int(lasts[-1]),
+                "so that the test split holds an image",
+            ),
+        }
+        for name, (minimum, why) in needed.items():
+            value = getattr(self, name)
+            if minimum is None or value < minimum:
+                allowed = "a smaller train_size" if minimum is None else f"at least {minimum}"
+                raise SplitTooSmallError(
+                    f"{name} must be {allowed} with {which}, {why}, got {value}"
+                )
+        self._check_batch(int(kept[: self.train_size].sum()), num_replicas)
+
+    def _check_batch(self, train_images: int, num_replicas: int) -> None:
+        if self.batch_size * num_replicas > train_images:
             raise SplitTooSmallError(
-                f"batch_size must be at most {len(x) // num_replicas} for a training split of "
-                f"{len(x)} images on {num_replicas} process(es), got {self.batch_size}"
+                f"batch_size must be at most {train_images // num_replicas} for a training split "
+                f"of {train_images} images on {num_replicas} process(es), got {self.batch_size}"
             )
 
     def subset(self, images: torch.Tensor, digits: torch.Tensor) -> TensorSplit:
