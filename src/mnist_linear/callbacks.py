@@ -112,6 +112,7 @@ class ValidationLossEarlyStopping(L.Callback):
         self.monitor, self.rule, self.save_best = monitor, rule, save_best
         self.history: list[float] = []
         self.last_epoch: int | None = None
+        self.trained_epoch: int | None = None
         self.best_epoch: int | None = None
         self.best_step: int | None = None
         self.best_loss: float | None = None
@@ -150,11 +151,19 @@ class ValidationLossEarlyStopping(L.Callback):
         if self.stopped_epoch is not None:
             trainer.should_stop = True
 
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.trained_epoch = trainer.current_epoch
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
+        if self.stopped_epoch is not None:  # an evaluation after the stop changes nothing
+            return
         value = self._current(trainer)
         if not math.isfinite(value):
+            # The epoch's value is its last evaluation, this one: none of its earlier
+            # finite values enters the history.
+            self._latest = None
             self._stop(
                 trainer,
                 f"{self.monitor} is {value} at step {trainer.global_step}: "
@@ -215,11 +224,13 @@ class ValidationLossEarlyStopping(L.Callback):
     def finish(self, pl_module: L.LightningModule) -> None:
         """Name the stop if nothing stopped training early, and load the best weights back.
 
-        Called when training ends; also callable when Lightning skips training altogether
-        (a run resumed from the checkpoint of its last epoch), and harmless twice.
+        The epoch of the stop is the last epoch trained (``None`` when none was), whether
+        or not it was evaluated. Called when training ends; also callable when Lightning
+        skips training altogether (a run resumed from the checkpoint of its last epoch),
+        and harmless twice.
         """
         if self.stopped_epoch is None:
-            self.stopped_epoch = self.last_epoch
+            self.stopped_epoch = self.trained_epoch
             self.stop_reason = "max_epochs or max_steps reached"
         if self.best_state is not None:
             pl_module.load_state_dict(self.best_state)
@@ -228,6 +239,7 @@ class ValidationLossEarlyStopping(L.Callback):
         return {
             "history": list(self.history),
             "last_epoch": self.last_epoch,
+            "trained_epoch": self.trained_epoch,
             "best_epoch": self.best_epoch,
             "best_step": self.best_step,
             "best_loss": self.best_loss,
@@ -241,6 +253,7 @@ class ValidationLossEarlyStopping(L.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict["history"])
         self.last_epoch = state_dict["last_epoch"]
+        self.trained_epoch = state_dict.get("trained_epoch", self.last_epoch)
         self.best_epoch = state_dict["best_epoch"]
         self.best_step = state_dict.get("best_step")
         self.best_loss = state_dict["best_loss"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import pickle
 import time
@@ -165,7 +166,8 @@ class RunResults(L.Callback):
             global_step=trainer.global_step,
             seconds=round(time.perf_counter() - self._started, 3),
         )
-        self.results = results
+        self.results = without_non_finite(results)
+        results = self.results
         if trainer.is_global_zero and self.run_dir is not None:
             write_results(self.run_dir, results)
         if trainer.is_global_zero:
@@ -177,17 +179,48 @@ class RunResults(L.Callback):
                     logger.finalize("success")
 
 
+def without_non_finite(results: dict[str, Any]) -> dict[str, Any]:
+    """``results`` with each value that is not a finite number as ``None`` (JSON's null).
+
+    JSON has no NaN or infinity; ``stop_reason`` then names the values made null.
+    """
+    bad = [k for k, v in results.items() if isinstance(v, float) and not math.isfinite(v)]
+    if not bad:
+        return results
+    why = f"{', '.join(bad)} not finite, written as null"
+    reason = results.get("stop_reason")
+    return {
+        **results,
+        **dict.fromkeys(bad),
+        "stop_reason": f"{reason}; {why}" if reason else why,
+    }
+
+
+def _number(value: float | None, spec: str, scale: float = 1, unit: str = "") -> str:
+    return "not finite" if value is None else format(scale * value, spec) + unit
+
+
 def write_results(run_dir: Path, results: dict[str, Any]) -> None:
-    """``results.json`` in ``run_dir``, and a summary on stdout."""
+    """``results.json`` in ``run_dir`` (strict JSON: finite numbers only), and a summary."""
     path = run_dir / "results.json"
-    atomic_write_text(path, json.dumps(results, indent=2) + "\n")
+    results = without_non_finite(results)
+    atomic_write_text(path, json.dumps(results, indent=2, allow_nan=False) + "\n")
     rows = "\n".join(
-        f"  {s:<5}  loss {results[f'{s}/loss']:.4f}  acc {100 * results[f'{s}/acc']:.2f}%"
+        f"  {s:<5}  loss {_number(results[f'{s}/loss'], '.4f')}  "
+        f"acc {_number(results[f'{s}/acc'], '.2f', 100, '%')}"
         for s in STAGES
     )
+    stopped, best = results["stopped_epoch"], results["best_epoch"]
+    reason = results["stop_reason"]
     print(
-        f"Stopped in epoch {results['stopped_epoch']} ({results['stop_reason']}) after "
-        f"{results['global_step']} steps and {results['seconds']:.1f} s.\n"
-        f"Weights of epoch {results['best_epoch']}:\n{rows}\nResults: {path}",
+        ("No epoch trained" if stopped is None else f"Stopped in epoch {stopped}")
+        + (f" ({reason})" if reason else "")
+        + f" after {results['global_step']} steps and {results['seconds']:.1f} s.\n"
+        + (
+            "Weights as training left them (no evaluation to restore)"
+            if best is None
+            else f"Weights of epoch {best}"
+        )
+        + f":\n{rows}\nResults: {path}",
         flush=True,
     )
