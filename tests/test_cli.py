@@ -138,6 +138,8 @@ def test_a_named_profiler_is_the_trainers(tmp_path: Path, monkeypatch: pytest.Mo
         ("--model.l2_lambda=-inf", "model.l2_lambda", "-inf"),
         ("--model.l2_lambda=nan", "model.l2_lambda", "nan"),
         ("--annealing.T=inf", "annealing.T", "inf"),
+        ("--data.data_dir=README.md", "data.data_dir", "'README.md' must be a folder"),
+        ("--data.data_dir=README.md/data", "data.data_dir", "'README.md' is not a folder"),
     ],
 )
 def test_bad_input_is_one_line_naming_option_and_value_with_exit_code_2(

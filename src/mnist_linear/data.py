@@ -7,7 +7,7 @@ import torch
 import torchvision
 from torch.utils.data import DataLoader, TensorDataset
 
-from mnist_linear.errors import Digit, PositiveInt, Seed, check_int
+from mnist_linear.errors import Digit, Folder, PositiveInt, Seed, check_folder, check_int
 from mnist_linear.mnist_files import ensure_mnist, read_labels
 from mnist_linear.samplers import SequentialStepSampler, ShardSampler, StepPartitionSampler
 from mnist_linear.splits import (
@@ -88,7 +88,7 @@ class MNISTSubsetDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        data_dir: str = "data",
+        data_dir: Folder = "data",
         classes: list[Digit] | None = None,
         train_size: PositiveInt = TRAIN_SIZE,
         val_size: PositiveInt = VAL_SIZE,
@@ -99,6 +99,7 @@ class MNISTSubsetDataModule(L.LightningDataModule):
         seed: Seed = 42,
     ) -> None:
         super().__init__()
+        check_folder("data_dir", data_dir)
         self.classes = _check_classes(classes)
         for name, value in (
             ("train_size", train_size),

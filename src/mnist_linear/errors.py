@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
+from pathlib import Path
 from typing import NoReturn
 
 from jsonargparse.typing import (
@@ -17,6 +18,7 @@ from jsonargparse.typing import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
+    extend_base_type,
     restricted_number_type,
 )
 
@@ -25,6 +27,7 @@ __all__ = [
     "Digit",
     "FiniteNonNegativeFloat",
     "FinitePositiveFloat",
+    "Folder",
     "Momentum",
     "NonNegativeFloat",
     "NonNegativeInt",
@@ -32,6 +35,7 @@ __all__ = [
     "PositiveInt",
     "Seed",
     "check_float",
+    "check_folder",
     "check_int",
     "fail",
 ]
@@ -79,6 +83,42 @@ def check_float(name: str, value: object, minimum: float, inclusive: bool = True
     ):
         raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
     return float(value)
+
+
+def _not_a_folder(value: str) -> str | None:
+    """The first existing part of the path ``value`` when it is not a folder, else None."""
+    path = Path(value)
+    for part in (path, *path.parents):
+        if part.exists() or part.is_symlink():
+            return None if part.is_dir() else str(part)
+    return None
+
+
+def check_folder(name: str, value: str) -> str:
+    """``value`` if it is a folder, or a path where one can be made, else ValueError.
+
+    The first part of the path that exists must be a folder: ``README.md`` and
+    ``README.md/data`` are refused.
+    """
+    blocker = _not_a_folder(value)
+    if blocker is not None:
+        raise ValueError(
+            f"{name} must be a folder or a path where one can be made, got {value!r} "
+            f"({blocker!r} is not a folder)"
+        )
+    return value
+
+
+def _folder(cls: type, value: object) -> None:
+    blocker = _not_a_folder(str(value))
+    if blocker is not None:
+        raise ValueError(
+            f"{str(value)!r} must be a folder or a path where one can be made "
+            f"({blocker!r} is not a folder)"
+        )
+
+
+Folder = extend_base_type("Folder", str, _folder, docstring="a folder, or a path to make one")
 
 
 def fail(message: str, code: int = USAGE_ERROR) -> NoReturn:
