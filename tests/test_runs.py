@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import resource
 import runpy
 import signal
 import stat
@@ -241,6 +243,33 @@ def test_values_that_are_not_finite_are_null_in_strict_json_and_named_in_the_rea
     out = capsys.readouterr().out
     assert "val    loss not finite  acc " in out
     assert "nan" not in out.lower().replace("val/loss is nan", "") and "None" not in out
+
+
+def _file_size_limit(limit: int) -> None:
+    # Past the limit a write fails with EFBIG, as on a full disk with ENOSPC, instead of the
+    # process being killed by SIGXFSZ.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def test_a_write_that_finds_no_room_is_one_line_naming_the_file_and_exit_code_1(
+    tmp_path: Path, mnist_root: Path
+) -> None:
+    # config.yaml (about 2 kB) fits under 5000 bytes, a checkpoint (about 12 kB) does not.
+    done = subprocess.run(
+        _train_command(*SMALL, "--trainer.max_epochs=1", "--trainer.logger=false",
+                       root=tmp_path, mnist=mnist_root),
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+        preexec_fn=lambda: _file_size_limit(5000),
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    checkpoints = run_dir(tmp_path) / "checkpoints"
+    assert last.startswith(f"error: cannot write {checkpoints}{os.sep}"), last
+    assert last.endswith(f".ckpt: {os.strerror(errno.EFBIG)}"), last
+    assert not list(checkpoints.glob(".*.tmp"))  # the partial file is gone
 
 
 def test_max_steps_stops_in_the_middle_of_a_block(

@@ -7,6 +7,7 @@ events, ``config.yaml`` (the resolved configuration), ``checkpoints/`` and
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -44,6 +45,10 @@ from mnist_linear.run import (
     read_checkpoint,
     run_folder_of,
 )
+
+# The disk or the user's quota is full, or a file passed the size limit (ulimit -f): the
+# project's writes (files.atomic_write_bytes) name the file, which is all there is to say.
+NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 class UsageError(Exception):
@@ -283,6 +288,11 @@ def main(args: Sequence[str] | None = None) -> None:
         fail(str(error), 1)
     except MisconfigurationException as error:  # a Trainer flag that cannot apply here
         fail(one_line(str(error)), USAGE_ERROR)
+    except OSError as error:
+        if error.errno not in NO_ROOM:
+            raise
+        where = error.filename or f"into {cli.run_dir or 'the run folder'}"  # a library's write
+        fail(f"cannot write {where}: {error.strerror}", 1)
 
 
 if __name__ == "__main__":
