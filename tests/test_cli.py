@@ -179,6 +179,37 @@ def test_a_typo_in_a_config_section_names_the_key(
 
 
 @pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "the file holds no options; a config file is a mapping such as "
+         "'model: {learning_rate: 0.1}'"),
+        ("# only a comment\n\n", "the file holds no options"),
+        (None, "data must be a mapping of its options, or left out, got null"),
+        ("early_stopping: null\nmodel:\n  learning_rate: 0.1\n",
+         "early_stopping must be a mapping of its options, or left out, got null"),
+        ("annealing: 3\nmodel:\n  learning_rate: 0.1\n",
+         "annealing must be a mapping of its options, or left out, got 3"),
+    ],
+)  # fmt: skip
+def test_an_empty_config_or_a_null_section_is_one_line_naming_the_file(
+    text: str | None, message: str, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch
+) -> None:
+    monkeypatch.setattr("sys.argv", ["train.py"])
+    if text is None:  # the shipped config with its data section emptied
+        shipped = (REPO / "configs" / "logistic.yaml").read_text()
+        text = shipped[: shipped.index("\ndata:")] + "\ndata: null\n"
+    config = tmp_path / "bad.yaml"
+    config.write_text(text)
+    with pytest.raises(SystemExit) as stop:
+        main([f"--config={config}", f"--trainer.default_root_dir={tmp_path}"])
+    assert stop.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"error: --config {config}: {message}"), captured.err
+    assert captured.err.count("\n") == 1
+    assert not list(tmp_path.glob("lightning_logs/version_*"))
+
+
+@pytest.mark.parametrize(
     "argument, value",
     [("--trainer.gradient_clip_val=1.0", "gradient_clip_val=1.0"),
      ("--trainer.accumulate_grad_batches=2", "accumulate_grad_batches=2")],

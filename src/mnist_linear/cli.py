@@ -7,6 +7,7 @@ events, ``config.yaml`` (the resolved configuration), ``checkpoints/`` and
 
 from __future__ import annotations
 
+import argparse
 import errno
 import json
 import logging
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from jsonargparse import ArgumentError
+from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.plugins import CheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
@@ -60,6 +61,26 @@ def one_line(message: str) -> str:
     return " ".join(message.split())
 
 
+# The parser's sections of class arguments: each is a mapping, never null or a number.
+SECTIONS = ("trainer", "model", "data", "annealing", "early_stopping", "weight_images")
+
+
+def _config_files(args: Any) -> list[str]:
+    """The files given to ``--config`` in a command line (a list of strings), in order."""
+    if not isinstance(args, list | tuple) or not all(isinstance(a, str) for a in args):
+        return []  # a dict or Namespace of settings names no file
+    finder = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    finder.add_argument("-c", "--config", action="append", default=[])
+    known, _ = finder.parse_known_args(args)
+    return [path for path in known.config if os.path.isfile(path)]
+
+
+def _is_empty(path: str) -> bool:
+    """Whether the file holds nothing but blank lines and comments."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return all(not line.strip() or line.lstrip().startswith("#") for line in f)
+
+
 class MNISTLinearCLI(LightningCLI):
     """LightningCLI for :class:`LinearClassifier` on :class:`MNISTSubsetDataModule`.
 
@@ -97,10 +118,25 @@ class MNISTLinearCLI(LightningCLI):
         )
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        config_files = _config_files(sys.argv[1:] if args is None else args)
+        for path in config_files:
+            if _is_empty(path):
+                raise UsageError(
+                    f"--config {path}: the file holds no options; a config file is a mapping "
+                    "such as 'model: {learning_rate: 0.1}'"
+                )
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as error:  # jsonargparse's message names the option and the value
             raise UsageError(one_line(str(error))) from None
+        where = f"--config {' '.join(config_files)}: " if config_files else ""
+        for section in SECTIONS:
+            value = self.config.get(section)
+            if not isinstance(value, Namespace):
+                raise UsageError(
+                    f"{where}{section} must be a mapping of its options, or left out, "
+                    f"got {'null' if value is None else repr(value)}"
+                )
         ckpt_path = self.config.get("ckpt_path")
         if ckpt_path is not None:
             try:
