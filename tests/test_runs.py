@@ -23,10 +23,16 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
 from mnist_linear.callbacks import ValidationLossEarlyStopping
-from mnist_linear.cli import CLI_KWARGS, main
+from mnist_linear.cli import CLI_KWARGS, MNISTLinearCLI, main
 from mnist_linear.data import MNISTSubsetDataModule
 from mnist_linear.model import LinearClassifier
-from mnist_linear.run import AtomicCheckpointIO, RunResults, claim_version, read_checkpoint
+from mnist_linear.run import (
+    AtomicCheckpointIO,
+    AtomicTensorBoardLogger,
+    RunResults,
+    claim_version,
+    read_checkpoint,
+)
 
 SMALL = (f"--config={REPO / 'configs' / 'logistic.yaml'}", "--data.train_size=2000")  # 10 steps
 
@@ -270,6 +276,30 @@ def test_a_write_that_finds_no_room_is_one_line_naming_the_file_and_exit_code_1(
     assert last.startswith(f"error: cannot write {checkpoints}{os.sep}"), last
     assert last.endswith(f".ckpt: {os.strerror(errno.EFBIG)}"), last
     assert not list(checkpoints.glob(".*.tmp"))  # the partial file is gone
+
+
+def test_hparams_yaml_is_written_by_a_rename_inside_the_run_folder(tmp_path: Path) -> None:
+    logger = AtomicTensorBoardLogger(tmp_path, "lightning_logs", 0)
+    folder = Path(logger.log_dir)
+    folder.mkdir(parents=True)
+    outside = tmp_path / "outside.yaml"
+    (folder / "hparams.yaml").symlink_to(outside)  # a link: an in-place write follows it
+    logger.log_hyperparams({"learning_rate": 0.2, "classes": [2, 3]})
+    logger.save()
+    assert not outside.exists()
+    path = folder / "hparams.yaml"
+    assert not path.is_symlink() and stat.S_IMODE(path.stat().st_mode) == 0o666 & ~_umask()
+    assert yaml.safe_load(path.read_text()) == {"learning_rate": 0.2, "classes": [2, 3]}
+    assert [p.name for p in folder.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_the_default_logger_writes_hparams_yaml_atomically(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sys.argv", ["train.py"])
+    args = [*SMALL, f"--trainer.default_root_dir={tmp_path}"]
+    cli = MNISTLinearCLI(LinearClassifier, MNISTSubsetDataModule, args=args, **CLI_KWARGS)
+    assert type(cli.trainer.logger) is AtomicTensorBoardLogger
 
 
 def test_max_steps_stops_in_the_middle_of_a_block(

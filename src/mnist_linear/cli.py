@@ -39,6 +39,7 @@ from mnist_linear.mnist_files import MNISTFilesError
 from mnist_linear.model import LinearClassifier
 from mnist_linear.run import (
     AtomicCheckpointIO,
+    AtomicTensorBoardLogger,
     CheckpointError,
     RunResults,
     claim_run_folder,
@@ -211,7 +212,7 @@ class MNISTLinearCLI(LightningCLI):
         run = self.run_dir or Path(root, "lightning_logs", "unclaimed")
         version = None if self.run_dir is None else logger_version(run)
         return {
-            "logger": TensorBoardLogger(
+            "logger": AtomicTensorBoardLogger(
                 run.parents[1], run.parent.name, version, default_hp_metric=False, **purge
             )
         }

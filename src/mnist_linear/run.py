@@ -13,6 +13,7 @@ import json
 import math
 import os
 import pickle
+import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -21,7 +22,9 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.core.saving import save_hparams_to_yaml
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from mnist_linear.callbacks import ValidationLossEarlyStopping
 from mnist_linear.files import atomic_write_bytes, atomic_write_text
@@ -118,6 +121,30 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         buffer = io.BytesIO()
         torch.save(checkpoint, buffer)
         atomic_write_bytes(path, [buffer.getbuffer()])
+
+
+class AtomicTensorBoardLogger(TensorBoardLogger):
+    """Lightning's ``TensorBoardLogger`` whose ``hparams.yaml`` is written atomically.
+
+    Lightning writes the file in place; here it is written by Lightning's own
+    ``save_hparams_to_yaml`` into a hidden temporary file, then put in place with
+    :func:`~mnist_linear.files.atomic_write_bytes`, so that a reader never sees half of
+    it and a link at its path is replaced, never followed out of the run folder.
+    """
+
+    @rank_zero_only
+    def save(self) -> None:
+        path = Path(self.log_dir) / self.NAME_HPARAMS_FILE
+        local = "://" not in str(self.log_dir)  # a remote save_dir keeps Lightning's write
+        if local and path.parent.is_dir() and not path.is_file():
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            os.close(fd)
+            try:
+                save_hparams_to_yaml(tmp, self.hparams)
+                atomic_write_bytes(path, [Path(tmp).read_bytes()])
+            finally:
+                os.unlink(tmp)
+        super().save()  # flushes the events; hparams.yaml exists, so Lightning leaves it
 
 
 class RunResults(L.Callback):
