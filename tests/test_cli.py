@@ -121,11 +121,14 @@ def test_a_named_profiler_is_the_trainers(tmp_path: Path, monkeypatch: pytest.Mo
         ("--trainer.max_epochs=abc", "trainer.max_epochs", "abc"),
         ("--model.momentum=1.5", "model.momentum", "1.5"),
         ("--model.bogus=1", "--model.bogus", "1"),
+        ("--trainer.max_epoch=3", "--trainer.max_epoch", "3"),  # no abbreviation of max_epochs
         ("--ckpt_path=missing.ckpt", "--ckpt_path", "missing.ckpt"),
         ("--trainer.accelerator=foo", "accelerator", "foo"),
         ("--annealing.T=-3", "annealing.T", "-3"),
         ("--early_stopping.patience=0", "early_stopping.patience", "0"),
         ("--early_stopping.rule=x", "early_stopping.rule", "x"),
+        ("--early_stopping.monitor=val/lossx", "early_stopping.monitor", "val/lossx"),
+        ("--early_stopping.monitor=val/acc", "'val/loss', 'train/loss'", "val/acc"),
         ("--data.train_size=59000", "train_size", "59000"),
         ("--model.nesterov=true", "nesterov", "True"),
         ("--config=configs/nope.yaml", "config", "nope.yaml"),
@@ -232,16 +235,25 @@ def _refusal(args: list[str], root: Path, mnist: Path, capfd: pytest.CaptureFixt
     assert stop.value.code == 2
     err = capfd.readouterr().err
     assert "Traceback" not in err
+    assert not list(root.glob("lightning_logs/version_*"))  # the refused run left no folder
     return err.strip().splitlines()[-1]
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [(["--data.batch_size=5000"], "at most 4005 for a training split of 4005 images on 1 "
+      "process(es), got 5000"),
+     # Refused in the main process, before ddp_spawn starts its three workers.
+     (["--data.batch_size=1400", "--trainer.devices=3", "--trainer.strategy=ddp_spawn",
+       "--trainer.accelerator=cpu"], "at most 1335 for a training split of 4005 images on 3 "
+      "process(es), got 1400")],
+)  # fmt: skip
 def test_batch_larger_than_the_two_digit_split_is_one_line_and_exit_code_2(
-    tmp_path: Path, mnist_root: Path, capfd: pytest.CaptureFixture, monkeypatch
+    args: list[str], message: str, tmp_path: Path, mnist_root: Path, capfd, monkeypatch
 ) -> None:
     monkeypatch.setattr("sys.argv", ["train.py"])
-    assert _refusal(["--data.batch_size=5000"], tmp_path, mnist_root, capfd) == (
-        "error: --data.batch_size must be at most 4005 for a training split of 4005 images "
-        "on 1 process(es), got 5000"
+    assert (
+        _refusal(args, tmp_path, mnist_root, capfd) == f"error: --data.batch_size must be {message}"
     )
     assert not list(tmp_path.glob("lightning_logs/version_*"))
 

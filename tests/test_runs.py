@@ -323,6 +323,7 @@ def test_a_flag_that_cannot_apply_is_refused_in_one_line(
     assert _main([flag], tmp_path, mnist_root) == 2
     err = capfd.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: ") and option in err[0], err
+    assert not list(tmp_path.glob("lightning_logs/version_*"))  # refused at fit time: no folder
 
 
 def test_overfit_batches_trains_and_evaluates_the_first_batches_unshuffled(
@@ -398,6 +399,7 @@ def test_a_damaged_checkpoint_is_refused_in_one_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --ckpt_path: "), err
     assert str(path) in err[0]
+    assert "weights_only" not in err[0]  # no advice to load an unknown file unsafely
 
 
 def test_an_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import lightning as L
 import torch
@@ -24,6 +24,7 @@ from mnist_linear.errors import (
 from mnist_linear.splits import IMAGE_SIDE
 
 TILE_PADDING = 2
+Monitor = Literal["val/loss", "train/loss"]  # the losses LinearClassifier logs
 
 
 class LearningRateAnnealing(L.Callback):
@@ -93,7 +94,9 @@ class ValidationLossEarlyStopping(L.Callback):
     Args:
         patience: Rises in a row (``"rises"``) or epochs without improvement
             (``"no_improvement"``) that stop training, at least 1.
-        monitor: Logged metric to watch.
+        monitor: The loss to watch, as the model logs it: ``"val/loss"`` (the
+            assignment's) or ``"train/loss"``. Only losses, since both rules take a
+            lower value as better.
         rule: ``"rises"`` or ``"no_improvement"``, as above.
         save_best: Write the best weights as a checkpoint, in the folder of the
             Trainer's ``ModelCheckpoint``; nothing is written without one.
@@ -102,11 +105,13 @@ class ValidationLossEarlyStopping(L.Callback):
     def __init__(
         self,
         patience: PositiveInt = 3,
-        monitor: str = "val/loss",
+        monitor: Monitor = "val/loss",
         rule: Literal["rises", "no_improvement"] = "rises",
         save_best: bool = True,
     ) -> None:
         self.patience = check_int("patience", patience, 1)
+        if monitor not in get_args(Monitor):
+            raise ValueError(f"monitor must be one of {list(get_args(Monitor))}, got {monitor!r}")
         if rule not in ("rises", "no_improvement"):
             raise ValueError(f"rule must be 'rises' or 'no_improvement', got {rule!r}")
         self.monitor, self.rule, self.save_best = monitor, rule, save_best
@@ -117,7 +122,7 @@ class ValidationLossEarlyStopping(L.Callback):
         self.best_step: int | None = None
         self.best_loss: float | None = None
         self.best_state: dict[str, torch.Tensor] | None = None
-        self.best_path: str | None = None
+        self.best_name: str | None = None
         self.stopped_epoch: int | None = None
         self.stop_reason = ""
         self._latest: dict[str, Any] | None = None
@@ -150,6 +155,7 @@ class ValidationLossEarlyStopping(L.Callback):
         # Resumed from the checkpoint of an epoch that ended in early stopping: stay stopped.
         if self.stopped_epoch is not None:
             trainer.should_stop = True
+        self.ensure_best_file(trainer, pl_module)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.trained_epoch = trainer.current_epoch
@@ -202,21 +208,41 @@ class ValidationLossEarlyStopping(L.Callback):
                 f"for {self.patience} epochs",
             )
 
-    def _save_best(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Write the best weights as a checkpoint; the live weights are put back after."""
+    def _best_file(self, trainer: L.Trainer) -> str | None:
+        """Where this run keeps its best checkpoint: always in its own checkpoint folder."""
         folder = getattr(trainer.checkpoint_callback, "dirpath", None)
-        if not self.save_best or folder is None or trainer.fast_dev_run:
+        if not self.save_best or folder is None or trainer.fast_dev_run or self.best_name is None:
+            return None
+        return os.path.join(folder, self.best_name)
+
+    def _save_best(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Write the best weights as a checkpoint; the live weights are put back after.
+
+        The previous best file is removed from this run's own folder only: the state
+        keeps its name, never a path, so a checkpoint copied from another run cannot
+        make this run delete that run's file.
+        """
+        previous = self._best_file(trainer)
+        self.best_name = f"best-epoch={self.best_epoch}-step={self.best_step}.ckpt"
+        path = self._best_file(trainer)
+        if path is None:
             return
-        path = os.path.join(folder, f"best-epoch={self.best_epoch}-step={self.best_step}.ckpt")
         live = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
         pl_module.load_state_dict(self.best_state)
         try:
             trainer.save_checkpoint(path, weights_only=False)
         finally:
             pl_module.load_state_dict(live)
-        previous, self.best_path = self.best_path, path
         if previous is not None and previous != path:
             trainer.strategy.remove_checkpoint(previous)
+
+    def ensure_best_file(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Write the best checkpoint if this run's folder lacks it (a resume in a new folder)."""
+        path = self._best_file(trainer)
+        exists = path is not None and os.path.isfile(path)
+        # One decision for every process, since writing a checkpoint is collective.
+        if path is not None and not trainer.strategy.reduce_boolean_decision(exists, all=True):
+            self._save_best(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.finish(pl_module)
@@ -244,7 +270,7 @@ class ValidationLossEarlyStopping(L.Callback):
             "best_step": self.best_step,
             "best_loss": self.best_loss,
             "best_state": self.best_state,
-            "best_path": self.best_path,
+            "best_name": self.best_name,
             "stopped_epoch": self.stopped_epoch,
             "stop_reason": self.stop_reason,
             "latest": self._latest,
@@ -258,7 +284,9 @@ class ValidationLossEarlyStopping(L.Callback):
         self.best_step = state_dict.get("best_step")
         self.best_loss = state_dict["best_loss"]
         self.best_state = state_dict["best_state"]
-        self.best_path = state_dict.get("best_path")
+        # A name inside the run's own checkpoint folder; older checkpoints kept a full path.
+        name = state_dict.get("best_name") or state_dict.get("best_path")
+        self.best_name = None if name is None else os.path.basename(name)
         self.stopped_epoch = state_dict["stopped_epoch"]
         self.stop_reason = state_dict["stop_reason"]
         self._latest = state_dict["latest"]

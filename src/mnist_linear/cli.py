@@ -12,6 +12,7 @@ import errno
 import json
 import logging
 import os
+import shutil
 import sys
 import warnings
 from collections.abc import Sequence
@@ -34,23 +35,37 @@ from mnist_linear.callbacks import (
 )
 from mnist_linear.data import MNISTSubsetDataModule, SplitTooSmallError
 from mnist_linear.errors import USAGE_ERROR, Seed, fail
-from mnist_linear.files import atomic_write_text
 from mnist_linear.mnist_files import MNISTFilesError
 from mnist_linear.model import LinearClassifier
 from mnist_linear.run import (
     AtomicCheckpointIO,
     AtomicTensorBoardLogger,
     CheckpointError,
+    RunRecord,
     RunResults,
     claim_run_folder,
+    flat_settings,
     logger_version,
     read_checkpoint,
+    refused_changes,
     run_folder_of,
+    segments_of,
 )
 
 # The disk or the user's quota is full, or a file passed the size limit (ulimit -f): the
 # project's writes (files.atomic_write_bytes) name the file, which is all there is to say.
 NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def launched_as_rank_zero() -> bool:
+    """Whether this process is, or will be, global rank zero, before the Trainer knows it.
+
+    Lightning's ``rank_zero_only.rank`` is read from ``RANK``, ``LOCAL_RANK`` or
+    ``SLURM_PROCID`` on import; on nodes started by hand every node's ``LOCAL_RANK`` is
+    0, and only ``NODE_RANK`` tells them apart.
+    """
+    node = os.environ.get("NODE_RANK") or os.environ.get("GROUP_RANK") or "0"
+    return rank_zero_only.rank == 0 and ("RANK" in os.environ or int(node) == 0)
 
 
 class UsageError(Exception):
@@ -90,6 +105,7 @@ class MNISTLinearCLI(LightningCLI):
     """
 
     run_dir: Path | None = None
+    claimed = False  # run_dir is a new folder this process made
     checkpoint: dict[str, Any] | None = None
     config_text = ""
 
@@ -144,6 +160,21 @@ class MNISTLinearCLI(LightningCLI):
                 self.checkpoint = read_checkpoint(ckpt_path)
             except CheckpointError as error:
                 raise UsageError(f"--ckpt_path: {error}") from None
+            changes = refused_changes(self.checkpoint, self.settings())
+            if changes:
+                listed = ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changes.items())
+                raise UsageError(
+                    f"--ckpt_path: a resume continues the checkpoint's run, which had other "
+                    f"settings: {listed}; resume with the checkpoint's settings, or start a new "
+                    "run without --ckpt_path"
+                )
+
+    def settings(self) -> dict[str, str]:
+        """The run's resolved settings, flattened, without the config files and checkpoint."""
+        config = {
+            k: v for k, v in self.config.as_dict().items() if k not in ("config", "ckpt_path")
+        }
+        return flat_settings(config)
 
     def before_instantiate_classes(self) -> None:
         """Keep the config as given, then claim the run folder of a configured logger."""
@@ -155,11 +186,35 @@ class MNISTLinearCLI(LightningCLI):
         loggers = self.config.trainer.logger
         first = loggers[0] if isinstance(loggers, list) and loggers else loggers
         class_path = getattr(first, "class_path", None) or ""
-        if class_path.endswith(("TensorBoardLogger", "CSVLogger")) and rank_zero_only.rank == 0:
+        if class_path.endswith(("TensorBoardLogger", "CSVLogger")) and launched_as_rank_zero():
             init = first.init_args
             name = init.get("name") or "lightning_logs"
-            self.run_dir = claim_run_folder(init.save_dir, name, init.get("version"))
+            resumed_in = self._resumed_in()
+            if (
+                init.get("version") is None
+                and resumed_in is not None
+                and (resumed_in.parent == Path(init.save_dir, name).resolve())
+            ):  # resumed inside this logger's own folder: continue there
+                self.run_dir = resumed_in
+            else:
+                self.run_dir = claim_run_folder(init.save_dir, name, init.get("version"))
+                self.claimed = init.get("version") is None
             init.version = logger_version(self.run_dir)
+
+    def _resumed_in(self) -> Path | None:
+        ckpt_path = self.config.get("ckpt_path")
+        return None if ckpt_path is None else run_folder_of(ckpt_path)
+
+    def discard_run_folder(self) -> None:
+        """Remove the folder this process claimed for a run that was refused before training.
+
+        Only a folder it created itself and that holds no checkpoint: never a resumed
+        run's folder, never one named by ``--trainer.logger.version``.
+        """
+        run, claimed, self.claimed = self.run_dir, self.claimed, False
+        if not claimed or run is None or not run.is_dir() or any(run.glob("checkpoints/*.ckpt")):
+            return
+        shutil.rmtree(run, ignore_errors=True)
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """The Trainer, with a run folder of its own under ``default_root_dir``.
@@ -167,6 +222,7 @@ class MNISTLinearCLI(LightningCLI):
         Without ``--trainer.logger`` it logs to TensorBoard; checkpoints are written
         atomically.
         """
+        self._check_checkpoint_fits()
         trainer_config = self.config_init.get("trainer", {})
         callbacks = list(trainer_config.get("callbacks") or [])
         if trainer_config.get("enable_progress_bar") is False:
@@ -176,7 +232,13 @@ class MNISTLinearCLI(LightningCLI):
             callbacks = [c for c in callbacks if not isinstance(c, ModelCheckpoint)]
             rank_zero_info("Checkpointing is off: this run cannot be resumed.")
         kwargs.update(self._run_folder(trainer_config))
-        kwargs["callbacks"] = [*callbacks, RunResults(self.run_dir, hyperparameters(self.config))]
+        ckpt_path = self.config.get("ckpt_path")
+        segments = segments_of(self.checkpoint, self.settings(), ckpt_path)
+        kwargs["callbacks"] = [
+            *callbacks,
+            RunRecord(self.run_dir, self.config_text, segments),
+            RunResults(self.run_dir, hyperparameters(self.config)),
+        ]
         plugins = trainer_config.get("plugins")
         plugins = [] if plugins is None else plugins if isinstance(plugins, list) else [plugins]
         if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
@@ -184,15 +246,13 @@ class MNISTLinearCLI(LightningCLI):
         try:
             return super().instantiate_trainer(**kwargs)
         except BaseException:
-            if self.run_dir is not None and not any(self.run_dir.iterdir()):
-                self.run_dir.rmdir()  # a Trainer refused before anything was written
+            self.discard_run_folder()  # a Trainer refused before anything was trained
             raise
 
     def _run_folder(self, trainer_config: dict[str, Any]) -> dict[str, Any]:
         """Trainer arguments that put a run without a configured logger in its own folder."""
         logger = trainer_config.get("logger")
-        ckpt_path = self.config.get("ckpt_path")
-        resumed_in = None if ckpt_path is None else run_folder_of(ckpt_path)
+        resumed_in = self._resumed_in()
         # Resumed: TensorBoard hides what the interrupted run logged after the checkpoint,
         # whose last evaluation and images were logged at its own step.
         purge = {} if resumed_in is None else {"purge_step": self.checkpoint["global_step"] + 1}
@@ -205,8 +265,8 @@ class MNISTLinearCLI(LightningCLI):
         root = trainer_config.get("default_root_dir") or os.getcwd()
         if resumed_in is not None:
             self.run_dir = resumed_in
-        elif rank_zero_only.rank == 0:  # rank zero's folder reaches the others through Lightning
-            self.run_dir = claim_run_folder(root)
+        elif launched_as_rank_zero():  # rank zero's folder reaches the others through Lightning
+            self.run_dir, self.claimed = claim_run_folder(root), True
         if logger is False:
             return {} if self.run_dir is None else {"default_root_dir": str(self.run_dir)}
         run = self.run_dir or Path(root, "lightning_logs", "unclaimed")
@@ -221,7 +281,23 @@ class MNISTLinearCLI(LightningCLI):
         try:
             super().instantiate_classes()
         except (ValueError, MisconfigurationException) as error:  # a constructor's own check
+            self.discard_run_folder()
             raise UsageError(one_line(str(error))) from None
+        except UsageError:
+            self.discard_run_folder()
+            raise
+
+    def _check_checkpoint_fits(self) -> None:
+        """Refuse a checkpoint whose weights do not fit the model, before anything is written."""
+        if self.checkpoint is None:
+            return
+        shapes = {k: tuple(v.shape) for k, v in self.model.state_dict().items()}
+        saved = {k: tuple(v.shape) for k, v in self.checkpoint["state_dict"].items()}
+        if saved != shapes:
+            raise UsageError(
+                f"--ckpt_path: {self.config.ckpt_path} holds weights of shapes {saved}, "
+                f"this model has {shapes}"
+            )
 
 
 CLI_KWARGS: dict[str, Any] = dict(
@@ -229,7 +305,7 @@ CLI_KWARGS: dict[str, Any] = dict(
     seed_everything_default=42,
     auto_configure_optimizers=False,
     save_config_callback=None,  # fit_and_report writes config.yaml into the run folder
-    parser_kwargs={"exit_on_error": False},
+    parser_kwargs={"exit_on_error": False, "allow_abbrev": False},  # a typo is no abbreviation
 )
 
 
@@ -289,20 +365,13 @@ def hyperparameters(config: Any) -> dict[str, bool | float | int | str]:
 
 
 def fit_and_report(cli: MNISTLinearCLI) -> dict[str, Any] | None:
-    """Write config.yaml, fit (resuming from ``--ckpt_path``); results.json comes at the end.
+    """Fit (resuming from ``--ckpt_path``); config.yaml comes at the start, results.json at the end.
 
     Returns the results, or ``None`` in a process that did not train (the main process
     of ``ddp_spawn``, whose workers write results.json).
     """
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
-    try:  # splits too small for the data are bad input: refused before the run folder is used
-        datamodule.check_sizes(trainer.world_size)
-    except BaseException:
-        if cli.run_dir is not None and cli.run_dir.is_dir() and not any(cli.run_dir.iterdir()):
-            cli.run_dir.rmdir()
-        raise
-    if cli.run_dir is not None and rank_zero_only.rank == 0:
-        atomic_write_text(cli.run_dir / "config.yaml", cli.config_text)
+    datamodule.check_fits(trainer.world_size)  # before any process is started
     trainer.fit(model, datamodule=datamodule, ckpt_path=cli.config.get("ckpt_path"))
     results = next(c for c in trainer.callbacks if isinstance(c, RunResults)).results
     if results is None and cli.run_dir is not None and (cli.run_dir / "results.json").is_file():
@@ -320,10 +389,13 @@ def main(args: Sequence[str] | None = None) -> None:
     try:
         fit_and_report(cli)
     except SplitTooSmallError as error:
+        cli.discard_run_folder()
         fail(f"--data.{error}", USAGE_ERROR)
     except MNISTFilesError as error:
+        cli.discard_run_folder()
         fail(str(error), 1)
     except MisconfigurationException as error:  # a Trainer flag that cannot apply here
+        cli.discard_run_folder()
         fail(one_line(str(error)), USAGE_ERROR)
     except OSError as error:
         if error.errno not in NO_ROOM:

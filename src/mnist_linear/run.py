@@ -9,6 +9,7 @@ folder continues in that folder.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import math
 import os
@@ -32,6 +33,20 @@ from mnist_linear.model import STAGES
 
 VERSION_PREFIX = "version_"
 CHECKPOINT_KEYS = ("state_dict", "global_step", "epoch")
+RECORD_KEY = "mnist_linear_record"  # the run's settings, in every checkpoint it writes
+
+# Settings a resume may change: they extend the run (its length) or change only what it
+# writes and shows, never the arithmetic. Every other setting is the checkpoint's own.
+RESUME_MAY_CHANGE = (
+    "data.data_dir", "weight_images",
+    "trainer.max_epochs", "trainer.max_steps", "trainer.max_time",
+    "trainer.logger", "trainer.default_root_dir", "trainer.callbacks",
+    "trainer.enable_progress_bar", "trainer.enable_model_summary",
+    "trainer.enable_checkpointing", "trainer.enable_autolog_hparams", "trainer.barebones",
+    "trainer.log_every_n_steps", "trainer.profiler", "trainer.detect_anomaly",
+    "trainer.num_sanity_val_steps", "trainer.limit_test_batches",
+    "trainer.limit_predict_batches", "trainer.model_registry",
+)  # fmt: skip
 
 
 def claim_version(parent: str | os.PathLike) -> int:
@@ -82,21 +97,152 @@ def run_folder_of(checkpoint: str | os.PathLike) -> Path | None:
     return None
 
 
+def flat_settings(config: dict[str, Any]) -> dict[str, str]:
+    """``{"model.learning_rate": "0.2", ...}``: every leaf of a resolved config, as JSON text."""
+    flat: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}{key}.", item)
+        elif isinstance(value, list) and any(isinstance(item, dict) for item in value):
+            for index, item in enumerate(value):
+                walk(f"{prefix}{index}.", item)
+        else:
+            flat[prefix[:-1]] = json.dumps(value, sort_keys=True, default=str)
+
+    walk("", config)
+    return flat
+
+
+def may_change_on_resume(key: str) -> bool:
+    return any(key == p or key.startswith(f"{p}.") for p in RESUME_MAY_CHANGE)
+
+
+def changed_settings(before: dict[str, str], after: dict[str, str]) -> dict[str, list[str]]:
+    """``{key: [before, after]}`` for each setting that differs, ``"unset"`` where absent."""
+    return {
+        key: [before.get(key, "unset"), after.get(key, "unset")]
+        for key in sorted(before.keys() | after.keys())
+        if before.get(key) != after.get(key)
+    }
+
+
+def recorded_settings(checkpoint: dict[str, Any]) -> dict[str, str]:
+    """The settings that produced ``checkpoint``.
+
+    Checkpoints of this project carry them all; for others, the model's and the data
+    module's arguments that Lightning saved are what can be compared.
+    """
+    record = checkpoint.get(RECORD_KEY)
+    if record:
+        return dict(record["segments"][-1]["settings"])
+    saved = {
+        "model": checkpoint.get("hyper_parameters") or {},
+        "data": checkpoint.get("datamodule_hyper_parameters") or {},
+    }
+    return flat_settings(
+        {section: {k: v for k, v in args.items() if not k.startswith("_")}
+         for section, args in saved.items()}
+    )  # fmt: skip
+
+
+def refused_changes(checkpoint: dict[str, Any], settings: dict[str, str]) -> dict[str, list[str]]:
+    """The settings a resume from ``checkpoint`` with ``settings`` would change but may not."""
+    recorded = recorded_settings(checkpoint)
+    if RECORD_KEY not in checkpoint:  # compare only what both name
+        recorded = {k: v for k, v in recorded.items() if k in settings}
+        settings = {k: v for k, v in settings.items() if k in recorded}
+    changes = changed_settings(recorded, settings)
+    return {k: v for k, v in changes.items() if not may_change_on_resume(k)}
+
+
+def segments_of(
+    checkpoint: dict[str, Any] | None, settings: dict[str, str], resumed_from: str | None
+) -> list[dict[str, Any]]:
+    """The segments of a run, this one last: where each started and with which settings."""
+    if checkpoint is None:
+        return [{"first_step": 0, "resumed_from": None, "settings": settings}]
+    record = checkpoint.get(RECORD_KEY)
+    if record:
+        before = [dict(s) for s in record["segments"]]
+    else:  # a checkpoint without a record: its settings as far as it saved them
+        before = [
+            {"first_step": 0, "resumed_from": None, "settings": recorded_settings(checkpoint)}
+        ]
+    step = int(checkpoint["global_step"])
+    return [*before, {"first_step": step, "resumed_from": resumed_from, "settings": settings}]
+
+
+class RunRecord(L.Callback):
+    """What produced a run folder's checkpoints: ``config.yaml`` and ``segments.json``.
+
+    ``config.yaml`` is the resolved configuration of the run's latest segment; it is
+    written when training starts, so a run refused before that leaves the folder's old
+    one alone. A resumed run is a new segment: every checkpoint carries the settings of
+    all its segments, and ``segments.json`` lists them (first step, the checkpoint
+    resumed from, the settings changed against the segment before), so that the
+    folder says what every step was trained with.
+
+    Args:
+        run_dir: The run folder; ``None`` writes nothing.
+        config_text: The ``config.yaml`` to write.
+        segments: The run's segments, from :func:`segments_of`.
+    """
+
+    def __init__(
+        self, run_dir: Path | None, config_text: str, segments: list[dict[str, Any]]
+    ) -> None:
+        self.run_dir, self.config_text, self.segments = run_dir, config_text, segments
+        self.written = False
+
+    def write(self, trainer: L.Trainer) -> None:
+        if self.written or self.run_dir is None or not trainer.is_global_zero:
+            return
+        self.written = True
+        atomic_write_text(self.run_dir / "config.yaml", self.config_text)
+        if len(self.segments) > 1:
+            listing = [{k: v for k, v in self.segments[0].items() if k != "settings"}]
+            for before, segment in itertools.pairwise(self.segments):
+                changes = changed_settings(before["settings"], segment["settings"])
+                listing.append({
+                    "first_step": segment["first_step"],
+                    "resumed_from": segment["resumed_from"],
+                    "changed": changes,
+                })  # fmt: skip
+            atomic_write_text(self.run_dir / "segments.json", json.dumps(listing, indent=2) + "\n")
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.write(trainer)
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.write(trainer)  # a resume with nothing left to train starts no training
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        checkpoint[RECORD_KEY] = {"segments": self.segments}
+
+
 class CheckpointError(ValueError):
     """A file given as a checkpoint that is not a readable Lightning checkpoint."""
 
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """The checkpoint at ``path``, or :class:`CheckpointError` naming the file and the fault."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"no checkpoint file at {str(path)!r}")
+    if not zipfile.is_zipfile(path):  # what torch.save writes, whole: a zip archive
+        raise CheckpointError(
+            f"{path} is not a checkpoint: not a whole file written by torch.save "
+            "(truncated, or another kind of file)"
+        )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"no checkpoint file at {str(path)!r}") from None
     except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, zipfile.BadZipFile) as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise CheckpointError(
-            f"{path} is not a readable checkpoint (truncated, or not written by torch.save): "
-            f"{first}"
+            f"{path} is not a readable checkpoint: torch.load, loading weights only, "
+            f"refused it ({type(error).__name__})"
         ) from None
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"{path} is not a Lightning checkpoint: it holds no dict")
@@ -179,6 +325,7 @@ class RunResults(L.Callback):
             (c for c in trainer.callbacks if isinstance(c, ValidationLossEarlyStopping)), None
         )
         if stopping is not None:  # also when a resumed run had no epoch left to train
+            stopping.ensure_best_file(trainer, pl_module)
             stopping.finish(pl_module)
         datamodule = trainer.datamodule
         results: dict[str, Any] = {}

@@ -1,0 +1,179 @@
+"""Resuming never touches another run, and a run folder records what trained its checkpoints."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import REPO, run_dir, run_train
+
+from mnist_linear.cli import main
+
+SMALL = (f"--config={REPO / 'configs' / 'logistic.yaml'}", "--data.train_size=2000")  # 9 steps
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` by relative path, with the SHA-256 of its bytes."""
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def two_epochs(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> Path:
+    """The run folder of a 2-epoch logistic run on 2000 training images."""
+    root = tmp_path_factory.mktemp("two_epochs")
+    done = run_train(*SMALL, "--trainer.max_epochs=2", root=root, mnist=mnist_root)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return run_dir(root)
+
+
+def _copy_last(run: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "elsewhere" / "last.ckpt"
+    copy.parent.mkdir()
+    shutil.copy(run / "checkpoints" / "last.ckpt", copy)
+    return copy
+
+
+def _in_process(args: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
+    monkeypatch.setattr("sys.argv", ["train.py"])
+    try:
+        main(args)
+    except SystemExit as stop:
+        return stop.code
+    return 0
+
+
+def test_a_resume_from_a_copied_folder_leaves_the_original_run_whole(
+    two_epochs: Path, tmp_path: Path, mnist_root: Path
+) -> None:
+    before = _snapshot(two_epochs)
+    copy = tmp_path / "lightning_logs" / "copy"
+    shutil.copytree(two_epochs, copy)
+    last = copy / "checkpoints" / "last.ckpt"
+    done = run_train(*SMALL, "--trainer.max_epochs=4", f"--ckpt_path={last}", root=tmp_path,
+                     mnist=mnist_root)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _snapshot(two_epochs) == before
+    assert [p.name for p in (copy / "checkpoints").glob("best-*.ckpt")] == [
+        "best-epoch=3-step=36.ckpt"  # its own previous best replaced, in its own folder
+    ]
+
+
+def test_a_resume_from_a_copied_checkpoint_leaves_the_original_run_whole(
+    two_epochs: Path, tmp_path: Path, mnist_root: Path
+) -> None:
+    before = _snapshot(two_epochs)
+    assert any(name.startswith("checkpoints/best-") for name in before)
+    copy = _copy_last(two_epochs, tmp_path)
+    root = tmp_path / "resumed"
+    done = run_train(*SMALL, "--trainer.max_epochs=4", f"--ckpt_path={copy}", root=root,
+                     mnist=mnist_root)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _snapshot(two_epochs) == before  # no file of the other run removed or rewritten
+    resumed = run_dir(root)
+    assert len(list((resumed / "checkpoints").glob("best-*.ckpt"))) == 1
+    assert json.loads((resumed / "results.json").read_text())["global_step"] == 36
+    segments = json.loads((resumed / "segments.json").read_text())
+    assert [s["first_step"] for s in segments] == [0, 18]
+    assert segments[1]["resumed_from"] == str(copy)
+    changed = segments[1]["changed"]
+    assert changed.pop("trainer.max_epochs") == ["2", "4"]
+    assert list(changed) == ["trainer.default_root_dir"]  # where it writes: allowed
+    assert yaml.safe_load((resumed / "config.yaml").read_text())["trainer"]["max_epochs"] == 4
+
+
+def test_a_resume_with_nothing_left_to_train_still_holds_the_best_checkpoint(
+    two_epochs: Path, tmp_path: Path, mnist_root: Path
+) -> None:
+    copy = _copy_last(two_epochs, tmp_path)
+    root = tmp_path / "resumed"
+    done = run_train(*SMALL, "--trainer.max_epochs=2", f"--ckpt_path={copy}", root=root,
+                     mnist=mnist_root)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    (original,) = (two_epochs / "checkpoints").glob("best-*.ckpt")
+    (best,) = (run_dir(root) / "checkpoints").glob("best-*.ckpt")
+    assert best.name == original.name
+    expected = torch.load(original, weights_only=True)["state_dict"]
+    got = torch.load(best, weights_only=True)["state_dict"]
+    assert expected.keys() == got.keys()
+    for key, value in expected.items():
+        assert torch.equal(got[key], value), key
+    assert (run_dir(root) / "config.yaml").is_file()
+
+
+CHANGES = [
+    (("--model.learning_rate=0.5", "--data.batch_size=20"),
+     ("data.batch_size 40 -> 20", "model.learning_rate 0.2 -> 0.5")),
+    (("--model.momentum=0.9",), ("model.momentum 0.0 -> 0.9",)),
+    (("--data.classes=null",), ("data.classes [2, 3] -> null",)),
+    (("--annealing.T=10",), ("annealing.T 1000.0 -> 10.0",)),
+    (("--early_stopping.patience=1",), ("early_stopping.patience 3 -> 1",)),
+    (("--seed_everything=7",), ("seed_everything 42 -> 7",)),
+    (("--trainer.precision=64-true",), ("trainer.precision null -> \"64-true\"",)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("args", "named"), CHANGES, ids=lambda a: " ".join(a))
+def test_a_resume_that_would_change_the_run_is_refused_and_changes_nothing(
+    args: tuple[str, ...], named: tuple[str, ...], two_epochs: Path, tmp_path: Path,
+    mnist_root: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    before = _snapshot(two_epochs.parent)
+    last = two_epochs / "checkpoints" / "last.ckpt"
+    code = _in_process([
+        *SMALL, "--trainer.max_epochs=4", f"--data.data_dir={mnist_root}", *args,
+        f"--trainer.default_root_dir={two_epochs.parents[1]}", f"--ckpt_path={last}",
+    ], monkeypatch)  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: --ckpt_path: a resume continues") and err.count("\n") == 1
+    for change in named:
+        assert change in err
+    assert _snapshot(two_epochs.parent) == before  # config.yaml included: nothing written
+
+
+def test_a_checkpoint_without_a_record_is_checked_by_its_saved_arguments_and_shapes(
+    two_epochs: Path, tmp_path: Path, mnist_root: Path, capsys, monkeypatch
+) -> None:
+    checkpoint = torch.load(two_epochs / "checkpoints" / "last.ckpt", weights_only=True)
+    del checkpoint["mnist_linear_record"]  # as written by another program
+    old = tmp_path / "old.ckpt"
+    torch.save(checkpoint, old)
+    base = [*SMALL, f"--data.data_dir={mnist_root}", f"--trainer.default_root_dir={tmp_path}",
+            f"--ckpt_path={old}"]  # fmt: skip
+    assert _in_process([*base, "--model.l2_lambda=0.1"], monkeypatch) == 2
+    assert "model.l2_lambda 0.0 -> 0.1" in capsys.readouterr().err
+    del checkpoint["hyper_parameters"], checkpoint["datamodule_hyper_parameters"]
+    torch.save(checkpoint, old)
+    assert _in_process([*base, "--data.classes=null"], monkeypatch) == 2
+    err = capsys.readouterr().err
+    assert "holds weights of shapes" in err and err.count("\n") == 1
+    assert not list(tmp_path.glob("lightning_logs/version_*"))
+
+
+def test_a_configured_logger_without_a_version_resumes_in_its_own_folder(
+    tmp_path: Path, mnist_root: Path, monkeypatch
+) -> None:
+    logger = ["--trainer.logger=TensorBoardLogger", f"--trainer.logger.save_dir={tmp_path}",
+              "--trainer.logger.name=mine"]  # fmt: skip
+    base = [
+        *SMALL,
+        *logger,
+        f"--data.data_dir={mnist_root}",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.enable_progress_bar=false",
+    ]
+    assert _in_process([*base, "--trainer.max_epochs=1"], monkeypatch) == 0
+    last = tmp_path / "mine" / "version_0" / "checkpoints" / "last.ckpt"
+    assert _in_process([*base, "--trainer.max_epochs=2", f"--ckpt_path={last}"], monkeypatch) == 0
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["version_0"]
+    results = json.loads((tmp_path / "mine" / "version_0" / "results.json").read_text())
+    assert results["global_step"] == 18
