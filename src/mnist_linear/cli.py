@@ -147,8 +147,13 @@ class MNISTLinearCLI(LightningCLI):
         except ArgumentError as error:  # jsonargparse's message names the option and the value
             raise UsageError(one_line(str(error))) from None
         where = f"--config {' '.join(config_files)}: " if config_files else ""
+        defaults = parser.get_defaults()
         for section in SECTIONS:
             value = self.config.get(section)
+            # A section given as a number, then completed by a --section.key, keeps only that key.
+            keys = set(vars(defaults[section]))
+            if isinstance(value, Namespace) and not keys <= set(vars(value)):
+                raise UsageError(f"{where}{section} must be a mapping of its options, or left out")
             if not isinstance(value, Namespace):
                 raise UsageError(
                     f"{where}{section} must be a mapping of its options, or left out, "
