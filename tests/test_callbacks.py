@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import math
 import shutil
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -78,9 +79,9 @@ def test_null_T_keeps_the_rate_constant() -> None:
     assert [callback.rate(0.3, t) for t in (0, 10, 10**6)] == [0.3, 0.3, 0.3]
 
 
-@pytest.mark.parametrize("T", [0, -1.0, float("nan")])
+@pytest.mark.parametrize("T", [0, -1.0, float("nan"), float("inf"), float("-inf")])
 def test_bad_T_is_refused(T: float) -> None:
-    with pytest.raises(ValueError, match="T must be > 0 or null"):
+    with pytest.raises(ValueError, match="T must be a finite number > 0, or null"):
         LearningRateAnnealing(T=T)
 
 
@@ -174,6 +175,44 @@ def test_non_finite_loss_stops_at_once_even_mid_epoch(bad: float) -> None:
         callback.on_validation_end(trainer, LinearClassifier(2, learning_rate=0.1))
     assert trainer.should_stop
     assert "learning rate is too high" in callback.stop_reason
+
+
+def test_a_nan_stop_mid_epoch_keeps_its_reason_and_adds_no_value() -> None:
+    callback = ValidationLossEarlyStopping(patience=1)
+    model = LinearClassifier(2, learning_rate=0.1)
+    trainer = _trainer(callback_metrics={"val/loss": torch.tensor(0.5)})
+    callback.on_validation_end(trainer, model)
+    callback.on_train_epoch_end(trainer, model)
+    trainer.current_epoch = 1
+    for value in (0.6, math.nan, 0.7):  # a rise, then NaN mid-epoch, then one more evaluation
+        trainer.callback_metrics = {"val/loss": torch.tensor(value)}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # the NaN's own warning
+            callback.on_validation_end(trainer, model)
+    callback.on_train_epoch_end(trainer, model)
+    callback.finish(model)
+    assert callback.history == [0.5]  # epoch 1's value was its NaN, which stopped training
+    assert callback.stopped_epoch == 1
+    assert callback.stop_reason == "val/loss is nan at step 0: the learning rate is too high"
+
+
+def test_the_stop_is_in_the_last_epoch_trained_not_the_last_evaluated() -> None:
+    callback = ValidationLossEarlyStopping()
+    model = LinearClassifier(2, learning_rate=0.1)
+    trainer = _trainer(callback_metrics={"val/loss": torch.tensor(0.5)})
+    for epoch in range(3):  # evaluated in epoch 1 only (check_val_every_n_epoch=2)
+        trainer.current_epoch = epoch
+        callback.on_train_epoch_start(trainer, model)
+        if epoch == 1:
+            callback.on_validation_end(trainer, model)
+        callback.on_train_epoch_end(trainer, model)
+    callback.on_train_end(trainer, model)
+    assert (callback.best_epoch, callback.stopped_epoch) == (1, 2)
+    restored = ValidationLossEarlyStopping()
+    restored.load_state_dict(callback.state_dict())
+    restored.stopped_epoch = None  # as in a checkpoint saved before training ended
+    restored.finish(model)
+    assert restored.stopped_epoch == 2
 
 
 def test_the_epochs_last_evaluation_counts_with_the_weights_it_measured() -> None:

@@ -132,6 +132,17 @@ def test_a_named_profiler_is_the_trainers(tmp_path: Path, monkeypatch: pytest.Mo
         ("--data.train_size=59000", "train_size", "59000"),
         ("--model.nesterov=true", "nesterov", "True"),
         ("--config=configs/nope.yaml", "config", "nope.yaml"),
+        ("--seed_everything=-1", "seed_everything", "-1"),
+        ("--seed_everything=4294967296", "seed_everything", "4294967296"),
+        ("--data.seed=-1", "data.seed", "-1"),
+        ("--model.learning_rate=inf", "model.learning_rate", "inf"),
+        ("--model.learning_rate=nan", "model.learning_rate", "nan"),
+        ("--model.l2_lambda=inf", "model.l2_lambda", "inf"),
+        ("--model.l2_lambda=-inf", "model.l2_lambda", "-inf"),
+        ("--model.l2_lambda=nan", "model.l2_lambda", "nan"),
+        ("--annealing.T=inf", "annealing.T", "inf"),
+        ("--data.data_dir=README.md", "data.data_dir", "'README.md' must be a folder"),
+        ("--data.data_dir=README.md/data", "data.data_dir", "'README.md' is not a folder"),
     ],
 )
 def test_bad_input_is_one_line_naming_option_and_value_with_exit_code_2(
@@ -168,6 +179,40 @@ def test_a_typo_in_a_config_section_names_the_key(
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert typo.split(":")[0] in line or "nul" in line, line
     assert line.rstrip().endswith(":") is False
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "the file holds no options; a config file is a mapping such as "
+         "'model: {learning_rate: 0.1}'"),
+        ("# only a comment\n\n", "the file holds no options"),
+        (None, "data must be a mapping of its options, or left out, got null"),
+        ("early_stopping: null\nmodel:\n  learning_rate: 0.1\n",
+         "early_stopping must be a mapping of its options, or left out, got null"),
+        ("annealing: 3\nmodel:\n  learning_rate: 0.1\n",
+         "annealing must be a mapping of its options, or left out, got 3"),
+        # completed by the test's --trainer.default_root_dir, which keeps only that key
+        ("trainer: 3\nmodel:\n  learning_rate: 0.1\n",
+         "trainer must be a mapping of its options, or left out"),
+    ],
+)  # fmt: skip
+def test_an_empty_config_or_a_null_section_is_one_line_naming_the_file(
+    text: str | None, message: str, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch
+) -> None:
+    monkeypatch.setattr("sys.argv", ["train.py"])
+    if text is None:  # the shipped config with its data section emptied
+        shipped = (REPO / "configs" / "logistic.yaml").read_text()
+        text = shipped[: shipped.index("\ndata:")] + "\ndata: null\n"
+    config = tmp_path / "bad.yaml"
+    config.write_text(text)
+    with pytest.raises(SystemExit) as stop:
+        main([f"--config={config}", f"--trainer.default_root_dir={tmp_path}"])
+    assert stop.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"error: --config {config}: {message}"), captured.err
+    assert captured.err.count("\n") == 1
+    assert not list(tmp_path.glob("lightning_logs/version_*"))
 
 
 @pytest.mark.parametrize(
@@ -213,6 +258,32 @@ def test_batch_larger_than_the_two_digit_split_is_one_line_and_exit_code_2(
     assert (
         _refusal(args, tmp_path, mnist_root, capfd) == f"error: --data.batch_size must be {message}"
     )
+    assert not list(tmp_path.glob("lightning_logs/version_*"))
+
+
+# The MNIST training labels from index 20000 are 5 9 7 3 ..., the test labels end 2 3 4 5 6,
+# and the training labels' first 3 is at index 7 (after the first 2), the first 8 at 17, last
+# of the ten digits.
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--data.val_size=1"], "val_size must be at least 4 with classes [2, 3], "
+         "so that the validation split holds an image, got 1"),
+        (["--data.test_size=3"], "test_size must be at least 4 with classes [2, 3], "
+         "so that the test split holds an image, got 3"),
+        (["--data.train_size=7", "--data.batch_size=1"], "train_size must be at least 8 with "
+         "classes [2, 3], so that every class has a training image, got 7"),
+        (["--data.classes=null", "--data.train_size=17", "--data.batch_size=1"],
+         "train_size must be at least 18 with all ten digits, so that every class has a "
+         "training image, got 17"),
+    ],
+)  # fmt: skip
+def test_an_empty_split_or_a_class_without_training_images_is_refused_up_front(
+    args: list[str], message: str, tmp_path: Path, mnist_root: Path, capfd, monkeypatch
+) -> None:
+    monkeypatch.setattr("sys.argv", ["train.py"])
+    assert _refusal(args, tmp_path, mnist_root, capfd) == f"error: --data.{message}"
+    assert not list(tmp_path.glob("lightning_logs/version_*"))
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from conftest import REPO
 
 from mnist_linear.data import MNISTSubsetDataModule, SplitTooSmallError
 
@@ -184,9 +185,14 @@ def test_val_loaders_serve_train_val_test_whole(all_digits) -> None:
         ({"batch_size": 0}, r"batch_size must be a positive integer, got 0"),
         ({"batch_size": 20001}, r"batch_size must be at most train_size \(20000\), got 20001"),
         ({"seed": -1}, r"seed must be an integer from 0 to 4294967295, got -1"),
+        ({"data_dir": "README.md"}, r"data_dir must be a folder .*, got 'README.md' \('README"),
+        ({"data_dir": "README.md/data"}, r"data_dir must be a folder .*'README.md' is not a"),
     ],
 )
-def test_bad_arguments_are_refused_at_construction(kwargs: dict, message: str) -> None:
+def test_bad_arguments_are_refused_at_construction(
+    kwargs: dict, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(REPO)  # where README.md is a file
     with pytest.raises(ValueError, match=message):
         MNISTSubsetDataModule(**kwargs)
 

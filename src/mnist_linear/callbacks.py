@@ -15,7 +15,12 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zer
 from torchvision.utils import make_grid
 from tqdm.auto import tqdm
 
-from mnist_linear.errors import NonNegativeInt, PositiveFloat, PositiveInt, check_int
+from mnist_linear.errors import (
+    FinitePositiveFloat,
+    NonNegativeInt,
+    PositiveInt,
+    check_int,
+)
 from mnist_linear.splits import IMAGE_SIDE
 
 TILE_PADDING = 2
@@ -31,12 +36,17 @@ class LearningRateAnnealing(L.Callback):
     its own. The rate of the last step is logged as ``lr`` at every evaluation.
 
     Args:
-        T: Steps after which the rate has halved; ``None`` keeps the rate constant.
+        T: Steps after which the rate has halved, finite and > 0; ``None`` keeps the rate
+            constant.
     """
 
-    def __init__(self, T: PositiveFloat | None = 1000) -> None:
-        if T is not None and not T > 0:
-            raise ValueError(f"T must be > 0 or null for a constant rate, got {T!r}")
+    def __init__(self, T: FinitePositiveFloat | None = 1000) -> None:
+        # T = inf would also mean a constant rate; None is the one way to say it.
+        finite = isinstance(T, int | float) and not isinstance(T, bool) and math.isfinite(T)
+        if T is not None and not (finite and T > 0):
+            raise ValueError(
+                f"T must be a finite number > 0, or null for a constant rate, got {T!r}"
+            )
         self.T = T
 
     def rate(self, lr0: float, step: int) -> float:
@@ -107,6 +117,7 @@ class ValidationLossEarlyStopping(L.Callback):
         self.monitor, self.rule, self.save_best = monitor, rule, save_best
         self.history: list[float] = []
         self.last_epoch: int | None = None
+        self.trained_epoch: int | None = None
         self.best_epoch: int | None = None
         self.best_step: int | None = None
         self.best_loss: float | None = None
@@ -146,11 +157,19 @@ class ValidationLossEarlyStopping(L.Callback):
             trainer.should_stop = True
         self.ensure_best_file(trainer, pl_module)
 
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.trained_epoch = trainer.current_epoch
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
+        if self.stopped_epoch is not None:  # an evaluation after the stop changes nothing
+            return
         value = self._current(trainer)
         if not math.isfinite(value):
+            # The epoch's value is its last evaluation, this one: none of its earlier
+            # finite values enters the history.
+            self._latest = None
             self._stop(
                 trainer,
                 f"{self.monitor} is {value} at step {trainer.global_step}: "
@@ -231,11 +250,13 @@ class ValidationLossEarlyStopping(L.Callback):
     def finish(self, pl_module: L.LightningModule) -> None:
         """Name the stop if nothing stopped training early, and load the best weights back.
 
-        Called when training ends; also callable when Lightning skips training altogether
-        (a run resumed from the checkpoint of its last epoch), and harmless twice.
+        The epoch of the stop is the last epoch trained (``None`` when none was), whether
+        or not it was evaluated. Called when training ends; also callable when Lightning
+        skips training altogether (a run resumed from the checkpoint of its last epoch),
+        and harmless twice.
         """
         if self.stopped_epoch is None:
-            self.stopped_epoch = self.last_epoch
+            self.stopped_epoch = self.trained_epoch
             self.stop_reason = "max_epochs or max_steps reached"
         if self.best_state is not None:
             pl_module.load_state_dict(self.best_state)
@@ -244,6 +265,7 @@ class ValidationLossEarlyStopping(L.Callback):
         return {
             "history": list(self.history),
             "last_epoch": self.last_epoch,
+            "trained_epoch": self.trained_epoch,
             "best_epoch": self.best_epoch,
             "best_step": self.best_step,
             "best_loss": self.best_loss,
@@ -257,6 +279,7 @@ class ValidationLossEarlyStopping(L.Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = list(state_dict["history"])
         self.last_epoch = state_dict["last_epoch"]
+        self.trained_epoch = state_dict.get("trained_epoch", self.last_epoch)
         self.best_epoch = state_dict["best_epoch"]
         self.best_step = state_dict.get("best_step")
         self.best_loss = state_dict["best_loss"]

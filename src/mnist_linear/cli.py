@@ -7,6 +7,8 @@ events, ``config.yaml`` (the resolved configuration), ``checkpoints/`` and
 
 from __future__ import annotations
 
+import argparse
+import errno
 import json
 import logging
 import os
@@ -19,7 +21,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from jsonargparse import ArgumentError
+from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.plugins import CheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
@@ -33,11 +35,12 @@ from mnist_linear.callbacks import (
     WeightImageLogger,
 )
 from mnist_linear.data import MNISTSubsetDataModule, SplitTooSmallError
-from mnist_linear.errors import USAGE_ERROR, fail
+from mnist_linear.errors import USAGE_ERROR, Seed, fail
 from mnist_linear.mnist_files import MNISTFilesError
 from mnist_linear.model import LinearClassifier
 from mnist_linear.run import (
     AtomicCheckpointIO,
+    AtomicTensorBoardLogger,
     CheckpointError,
     RunRecord,
     RunResults,
@@ -49,6 +52,10 @@ from mnist_linear.run import (
     run_folder_of,
     segments_of,
 )
+
+# The disk or the user's quota is full, or a file passed the size limit (ulimit -f): the
+# project's writes (files.atomic_write_bytes) name the file, which is all there is to say.
+NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 def launched_as_rank_zero() -> bool:
@@ -71,6 +78,26 @@ def one_line(message: str) -> str:
     return " ".join(message.split())
 
 
+# The parser's sections of class arguments: each is a mapping, never null or a number.
+SECTIONS = ("trainer", "model", "data", "annealing", "early_stopping", "weight_images")
+
+
+def _config_files(args: Any) -> list[str]:
+    """The files given to ``--config`` in a command line (a list of strings), in order."""
+    if not isinstance(args, list | tuple) or not all(isinstance(a, str) for a in args):
+        return []  # a dict or Namespace of settings names no file
+    finder = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    finder.add_argument("-c", "--config", action="append", default=[])
+    known, _ = finder.parse_known_args(args)
+    return [path for path in known.config if os.path.isfile(path)]
+
+
+def _is_empty(path: str) -> bool:
+    """Whether the file holds nothing but blank lines and comments."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return all(not line.strip() or line.lstrip().startswith("#") for line in f)
+
+
 class MNISTLinearCLI(LightningCLI):
     """LightningCLI for :class:`LinearClassifier` on :class:`MNISTSubsetDataModule`.
 
@@ -82,6 +109,16 @@ class MNISTLinearCLI(LightningCLI):
     claimed = False  # run_dir is a new folder this process made
     checkpoint: dict[str, Any] | None = None
     config_text = ""
+
+    def add_default_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        """Lightning's ``--seed_everything``, typed so that a seed out of range is refused."""
+        parser.add_argument(
+            "--seed_everything",
+            type=bool | Seed,
+            default=self.seed_everything_default,
+            help="Seed of seed_everything, from 0 to 2**32 - 1, set before the classes are "
+            "made; true for a random seed, false for none.",
+        )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
@@ -99,10 +136,30 @@ class MNISTLinearCLI(LightningCLI):
         )
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        config_files = _config_files(sys.argv[1:] if args is None else args)
+        for path in config_files:
+            if _is_empty(path):
+                raise UsageError(
+                    f"--config {path}: the file holds no options; a config file is a mapping "
+                    "such as 'model: {learning_rate: 0.1}'"
+                )
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as error:  # jsonargparse's message names the option and the value
             raise UsageError(one_line(str(error))) from None
+        where = f"--config {' '.join(config_files)}: " if config_files else ""
+        defaults = parser.get_defaults()
+        for section in SECTIONS:
+            value = self.config.get(section)
+            # A section given as a number, then completed by a --section.key, keeps only that key.
+            keys = set(vars(defaults[section]))
+            if isinstance(value, Namespace) and not keys <= set(vars(value)):
+                raise UsageError(f"{where}{section} must be a mapping of its options, or left out")
+            if not isinstance(value, Namespace):
+                raise UsageError(
+                    f"{where}{section} must be a mapping of its options, or left out, "
+                    f"got {'null' if value is None else repr(value)}"
+                )
         ckpt_path = self.config.get("ckpt_path")
         if ckpt_path is not None:
             try:
@@ -221,7 +278,7 @@ class MNISTLinearCLI(LightningCLI):
         run = self.run_dir or Path(root, "lightning_logs", "unclaimed")
         version = None if self.run_dir is None else logger_version(run)
         return {
-            "logger": TensorBoardLogger(
+            "logger": AtomicTensorBoardLogger(
                 run.parents[1], run.parent.name, version, default_hp_metric=False, **purge
             )
         }
@@ -382,6 +439,11 @@ def main(args: Sequence[str] | None = None) -> None:
     except MisconfigurationException as error:  # a Trainer flag that cannot apply here
         cli.discard_run_folder()
         fail(one_line(str(error)), USAGE_ERROR)
+    except OSError as error:
+        if error.errno not in NO_ROOM:
+            raise
+        where = error.filename or f"into {cli.run_dir or 'the run folder'}"  # a library's write
+        fail(f"cannot write {where}: {error.strerror}", 1)
 
 
 if __name__ == "__main__":

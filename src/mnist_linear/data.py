@@ -8,7 +8,7 @@ import torchvision
 from torch.utils.data import DataLoader, TensorDataset
 from torchvision.datasets.mnist import read_label_file
 
-from mnist_linear.errors import Digit, PositiveInt, Seed, check_int
+from mnist_linear.errors import Digit, Folder, PositiveInt, Seed, check_folder, check_int
 from mnist_linear.mnist_files import ensure_mnist
 from mnist_linear.samplers import SequentialStepSampler, ShardSampler, StepPartitionSampler
 from mnist_linear.splits import (
@@ -58,7 +58,10 @@ class TensorSplit(TensorDataset):
 
 
 class SplitTooSmallError(ValueError):
-    """The training split, known only once the data is read, is smaller than one step's batch."""
+    """A split that, known only once the labels are read, is empty or too small.
+
+    The message starts with the data module's argument to change (``val_size must be``).
+    """
 
 
 class MNISTSubsetDataModule(L.LightningDataModule):
@@ -86,7 +89,7 @@ class MNISTSubsetDataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        data_dir: str = "data",
+        data_dir: Folder = "data",
         classes: list[Digit] | None = None,
         train_size: PositiveInt = TRAIN_SIZE,
         val_size: PositiveInt = VAL_SIZE,
@@ -97,6 +100,7 @@ class MNISTSubsetDataModule(L.LightningDataModule):
         seed: Seed = 42,
     ) -> None:
         super().__init__()
+        check_folder("data_dir", data_dir)
         self.classes = _check_classes(classes)
         for name, value in (
             ("train_size", train_size),
@@ -148,41 +152,78 @@ class MNISTSubsetDataModule(L.LightningDataModule):
         ensure_mnist(self.data_dir)
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
-        root = ensure_mnist(self.data_dir).parent.parent
-        train = torchvision.datasets.MNIST(root, train=True, download=False)
-        test = torchvision.datasets.MNIST(root, train=False, download=False)
-        end = self.train_size + self.val_size
-        self.train_set = self.subset(
-            train.data[: self.train_size], train.targets[: self.train_size]
-        )
-        self.val_set = self.subset(
-            train.data[self.train_size : end], train.targets[self.train_size : end]
-        )
-        self.test_set = self.subset(test.data[-self.test_size :], test.targets[-self.test_size :])
-        x, y = self.train_set.tensors
-        self.class_means = torch.stack([x[y == k].mean(dim=0) for k in range(self.num_classes)])
-        self._check_batch(len(x), self._replicas()[0])
+        if self.train_set is None:
+            root = ensure_mnist(self.data_dir).parent.parent
+            train = torchvision.datasets.MNIST(root, train=True, download=False)
+            test = torchvision.datasets.MNIST(root, train=False, download=False)
+            self._check_sizes(train.targets, test.targets, self._replicas()[0])
+            end = self.train_size + self.val_size
+            self.train_set = self.subset(
+                train.data[: self.train_size], train.targets[: self.train_size]
+            )
+            self.val_set = self.subset(
+                train.data[self.train_size : end], train.targets[self.train_size : end]
+            )
+            self.test_set = self.subset(
+                test.data[-self.test_size :], test.targets[-self.test_size :]
+            )
+            x, y = self.train_set.tensors
+            self.class_means = torch.stack([x[y == k].mean(dim=0) for k in range(self.num_classes)])
+        # Again on every call: the number of processes is known only once the Trainer runs.
+        self._check_batch(len(self.train_set), self._replicas()[0])
 
-    def check_fits(self, num_replicas: int) -> None:
-        """Raise :class:`SplitTooSmallError` if one step needs more images than training has.
+    def check_fits(self, num_replicas: int = 1) -> None:
+        """Raise :class:`SplitTooSmallError` where :meth:`setup` would, reading only the labels.
 
-        Counts the training images from the label file alone, without loading the
-        split, so that a run refuses before it starts its processes (the main process
-        of ``ddp_spawn``, whose workers would each fail on their own).
+        A split is refused when it would hold no image, the training split when a class
+        has no image in it or when it holds fewer images than one step takes on
+        ``num_replicas`` processes. Without loading the splits, so that a run refuses
+        before it starts its processes (the main process of ``ddp_spawn``, whose workers
+        would each fail on their own).
         """
-        labels = read_label_file(str(ensure_mnist(self.data_dir) / "train-labels-idx1-ubyte"))
-        labels = labels[: self.train_size]
-        if self.classes is not None:
-            labels = labels[(labels == self.classes[0]) | (labels == self.classes[1])]
-        self._check_batch(len(labels), num_replicas)
+        folder = ensure_mnist(self.data_dir)
+        self._check_sizes(
+            read_label_file(str(folder / "train-labels-idx1-ubyte")).long(),
+            read_label_file(str(folder / "t10k-labels-idx1-ubyte")).long(),
+            num_replicas,
+        )
 
-    def _check_batch(self, images: int, num_replicas: int) -> None:
-        if self.batch_size * num_replicas > images:
+    def _check_sizes(
+        self, train_digits: torch.Tensor, test_digits: torch.Tensor, num_replicas: int
+    ) -> None:
+        digits = list(range(10)) if self.classes is None else list(self.classes)
+        which = "all ten digits" if self.classes is None else f"classes {digits}"
+        kept = torch.isin(train_digits, torch.tensor(digits))
+        # The shortest training split holding every class, validation split and test split
+        # holding an image: from the first (or, for test, the last) index of each digit.
+        firsts = [int((train_digits == d).nonzero()[0]) for d in digits]
+        after = kept[self.train_size :].nonzero()
+        lasts = torch.isin(test_digits, torch.tensor(digits)).nonzero()
+        needed = {
+            "train_size": (max(firsts) + 1, "so that every class has a training image"),
+            "val_size": (
+                int(after[0]) + 1 if len(after) else None,
+                "so that the validation split holds an image",
+            ),
+            "test_size": (
+                len(test_digits) - int(lasts[-1]),
+                "so that the test split holds an image",
+            ),
+        }
+        for name, (minimum, why) in needed.items():
+            value = getattr(self, name)
+            if minimum is None or value < minimum:
+                allowed = "a smaller train_size" if minimum is None else f"at least {minimum}"
+                raise SplitTooSmallError(
+                    f"{name} must be {allowed} with {which}, {why}, got {value}"
+                )
+        self._check_batch(int(kept[: self.train_size].sum()), num_replicas)
+
+    def _check_batch(self, train_images: int, num_replicas: int) -> None:
+        if self.batch_size * num_replicas > train_images:
             raise SplitTooSmallError(
-                f"batch_size must be at most {images // num_replicas} for a training split of "
-                f"{images} images on {num_replicas} process(es), got {self.batch_size}"
+                f"batch_size must be at most {train_images // num_replicas} for a training split "
+                f"of {train_images} images on {num_replicas} process(es), got {self.batch_size}"
             )
 
     def subset(self, images: torch.Tensor, digits: torch.Tensor) -> TensorSplit:

@@ -22,9 +22,20 @@ def atomic_write_bytes(path: str | os.PathLike, chunks: Iterable[bytes]) -> None
     A reader sees the old file or the whole new one, never a prefix: an interrupted
     writer leaves at most a hidden ``.tmp`` file behind, which nothing reads. The file
     gets the mode a plain ``open()`` would give it (0644 under umask 022), not the
-    0600 of :func:`tempfile.mkstemp`.
+    0600 of :func:`tempfile.mkstemp`. An ``OSError`` (a full disk, say) names ``path``
+    as its ``filename``, whichever step failed.
     """
     path = Path(path)
+    try:
+        _write_and_rename(path, chunks)
+    except OSError as error:
+        if error.errno is None:
+            raise
+        # OSError(errno, ...) is the subclass of that errno: FileNotFoundError stays one.
+        raise OSError(error.errno, error.strerror, str(path)) from error
+
+
+def _write_and_rename(path: Path, chunks: Iterable[bytes]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

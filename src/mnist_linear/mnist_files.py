@@ -9,6 +9,7 @@ torchvision download them; then it checks every byte against the canonical SHA-2
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import importlib.metadata
@@ -84,8 +85,10 @@ def sha256_of(path: Path) -> str:
 
 
 def _file_key(path: Path) -> list[int]:
+    # A user can set the modification time back (os.utime, touch -d) but not the status
+    # change time, which any write or utime moves; a file replaced by another has a new inode.
     st = path.stat()
-    return [st.st_size, st.st_mtime_ns]
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
 
 
 def _read_stamp(folder: Path) -> dict:
@@ -98,8 +101,10 @@ def _read_stamp(folder: Path) -> dict:
 def bad_files(folder: Path) -> list[RawFile]:
     """The raw files that are missing or whose bytes are not the canonical ones.
 
-    A file whose size and modification time match the stamp of an earlier successful
-    check is not hashed again; any change to it is hashed.
+    A file whose size, modification time, inode and status change time match the
+    stamp of an earlier successful check is not hashed again; any change to it is
+    hashed. The stamp is only a saving: where it cannot be written (a read-only
+    folder), every start hashes the files.
     """
     stamp = _read_stamp(folder)
     bad, verified = [], {}
@@ -114,7 +119,8 @@ def bad_files(folder: Path) -> list[RawFile]:
             continue
         verified[raw.name] = key
     if verified != stamp:
-        atomic_write_bytes(folder / STAMP_NAME, [json.dumps(verified, indent=1).encode()])
+        with contextlib.suppress(OSError):  # not writable here: the next start hashes again
+            atomic_write_bytes(folder / STAMP_NAME, [json.dumps(verified, indent=1).encode()])
     return bad
 
 

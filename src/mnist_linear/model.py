@@ -9,7 +9,13 @@ import torch
 from torch import nn
 from torchmetrics import MeanMetric
 
-from mnist_linear.errors import Momentum, NonNegativeFloat, PositiveFloat, check_int
+from mnist_linear.errors import (
+    FiniteNonNegativeFloat,
+    FinitePositiveFloat,
+    Momentum,
+    check_float,
+    check_int,
+)
 from mnist_linear.gradients import cross_entropy, linear_cross_entropy, logits, probabilities
 from mnist_linear.splits import NUM_FEATURES
 
@@ -29,8 +35,8 @@ class LinearClassifier(L.LightningModule):
 
     Args:
         num_classes: 2 for logistic regression, 3 to 10 for softmax regression.
-        learning_rate: SGD step size for the mean-over-the-batch gradient.
-        l2_lambda: Strength λ of the penalty λ ||W||^2, at least 0.
+        learning_rate: SGD step size for the mean-over-the-batch gradient, finite and > 0.
+        l2_lambda: Strength λ of the penalty λ ||W||^2, finite and at least 0.
         momentum: SGD momentum, in [0, 1).
         nesterov: Use Nesterov momentum (needs momentum > 0).
     """
@@ -38,17 +44,15 @@ class LinearClassifier(L.LightningModule):
     def __init__(
         self,
         num_classes: int,
-        learning_rate: PositiveFloat,
-        l2_lambda: NonNegativeFloat = 0.0,
+        learning_rate: FinitePositiveFloat,
+        l2_lambda: FiniteNonNegativeFloat = 0.0,
         momentum: Momentum = 0.0,
         nesterov: bool = False,
     ) -> None:
         super().__init__()
         check_int("num_classes", num_classes, 2, 10)
-        if not learning_rate > 0:
-            raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
-        if not l2_lambda >= 0:
-            raise ValueError(f"l2_lambda must be >= 0, got {l2_lambda!r}")
+        check_float("learning_rate", learning_rate, 0, inclusive=False)
+        check_float("l2_lambda", l2_lambda, 0)
         if not 0 <= momentum < 1:
             raise ValueError(f"momentum must be in [0, 1), got {momentum!r}")
         if nesterov and momentum == 0:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import math
 import os
 import pickle
+import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -21,7 +23,9 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.plugins import TorchCheckpointIO
+from lightning.pytorch.core.saving import save_hparams_to_yaml
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from mnist_linear.callbacks import ValidationLossEarlyStopping
 from mnist_linear.files import atomic_write_bytes, atomic_write_text
@@ -265,6 +269,30 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_write_bytes(path, [buffer.getbuffer()])
 
 
+class AtomicTensorBoardLogger(TensorBoardLogger):
+    """Lightning's ``TensorBoardLogger`` whose ``hparams.yaml`` is written atomically.
+
+    Lightning writes the file in place; here it is written by Lightning's own
+    ``save_hparams_to_yaml`` into a hidden temporary file, then put in place with
+    :func:`~mnist_linear.files.atomic_write_bytes`, so that a reader never sees half of
+    it and a link at its path is replaced, never followed out of the run folder.
+    """
+
+    @rank_zero_only
+    def save(self) -> None:
+        path = Path(self.log_dir) / self.NAME_HPARAMS_FILE
+        local = "://" not in str(self.log_dir)  # a remote save_dir keeps Lightning's write
+        if local and path.parent.is_dir() and not path.is_file():
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            os.close(fd)
+            try:
+                save_hparams_to_yaml(tmp, self.hparams)
+                atomic_write_bytes(path, [Path(tmp).read_bytes()])
+            finally:
+                os.unlink(tmp)
+        super().save()  # flushes the events; hparams.yaml exists, so Lightning leaves it
+
+
 class RunResults(L.Callback):
     """Measure the final weights on the three whole splits when fitting ends.
 
@@ -312,7 +340,8 @@ class RunResults(L.Callback):
             global_step=trainer.global_step,
             seconds=round(time.perf_counter() - self._started, 3),
         )
-        self.results = results
+        self.results = without_non_finite(results)
+        results = self.results
         if trainer.is_global_zero and self.run_dir is not None:
             write_results(self.run_dir, results)
         if trainer.is_global_zero:
@@ -324,17 +353,48 @@ class RunResults(L.Callback):
                     logger.finalize("success")
 
 
+def without_non_finite(results: dict[str, Any]) -> dict[str, Any]:
+    """``results`` with each value that is not a finite number as ``None`` (JSON's null).
+
+    JSON has no NaN or infinity; ``stop_reason`` then names the values made null.
+    """
+    bad = [k for k, v in results.items() if isinstance(v, float) and not math.isfinite(v)]
+    if not bad:
+        return results
+    why = f"{', '.join(bad)} not finite, written as null"
+    reason = results.get("stop_reason")
+    return {
+        **results,
+        **dict.fromkeys(bad),
+        "stop_reason": f"{reason}; {why}" if reason else why,
+    }
+
+
+def _number(value: float | None, spec: str, scale: float = 1, unit: str = "") -> str:
+    return "not finite" if value is None else format(scale * value, spec) + unit
+
+
 def write_results(run_dir: Path, results: dict[str, Any]) -> None:
-    """``results.json`` in ``run_dir``, and a summary on stdout."""
+    """``results.json`` in ``run_dir`` (strict JSON: finite numbers only), and a summary."""
     path = run_dir / "results.json"
-    atomic_write_text(path, json.dumps(results, indent=2) + "\n")
+    results = without_non_finite(results)
+    atomic_write_text(path, json.dumps(results, indent=2, allow_nan=False) + "\n")
     rows = "\n".join(
-        f"  {s:<5}  loss {results[f'{s}/loss']:.4f}  acc {100 * results[f'{s}/acc']:.2f}%"
+        f"  {s:<5}  loss {_number(results[f'{s}/loss'], '.4f')}  "
+        f"acc {_number(results[f'{s}/acc'], '.2f', 100, '%')}"
         for s in STAGES
     )
+    stopped, best = results["stopped_epoch"], results["best_epoch"]
+    reason = results["stop_reason"]
     print(
-        f"Stopped in epoch {results['stopped_epoch']} ({results['stop_reason']}) after "
-        f"{results['global_step']} steps and {results['seconds']:.1f} s.\n"
-        f"Weights of epoch {results['best_epoch']}:\n{rows}\nResults: {path}",
+        ("No epoch trained" if stopped is None else f"Stopped in epoch {stopped}")
+        + (f" ({reason})" if reason else "")
+        + f" after {results['global_step']} steps and {results['seconds']:.1f} s.\n"
+        + (
+            "Weights as training left them (no evaluation to restore)"
+            if best is None
+            else f"Weights of epoch {best}"
+        )
+        + f":\n{rows}\nResults: {path}",
         flush=True,
     )
