@@ -1,6 +1,7 @@
 """Time the shipped softmax config against a numpy and a plain PyTorch implementation.
 
     python benchmarks/speed.py [--data_dir data] [--repeats 3]
+    python benchmarks/speed.py --breakdown_only --accelerator gpu   # Lightning's costs alone
 
 (a) ``python train.py --config configs/softmax.yaml``, start to finish, as shipped;
 (b) ``benchmarks/numpy_reference.py``: the notebook's algorithm in numpy;
@@ -50,6 +51,7 @@ def machine() -> dict[str, object]:
         "torch_blas": torch_blas,
         "OPENBLAS_CORETYPE": os.environ.get("OPENBLAS_CORETYPE"),
         "python": platform.python_version(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
     }
 
 
@@ -59,7 +61,7 @@ def timed(command: list[str]) -> tuple[float, str]:
     return time.perf_counter() - started, done.stdout
 
 
-def lightning_breakdown(data_dir: str, epochs: int) -> dict[str, float]:
+def lightning_breakdown(data_dir: str, epochs: int, accelerator: str = "auto") -> dict[str, float]:
     """Seconds per training step and per evaluation of the shipped softmax config."""
     import lightning as L
 
@@ -89,6 +91,7 @@ def lightning_breakdown(data_dir: str, epochs: int) -> dict[str, float]:
                 f"--trainer.default_root_dir={root}",
                 f"--trainer.max_epochs={epochs}",
                 "--trainer.enable_progress_bar=false",
+                f"--trainer.accelerator={accelerator}",
             ],
             auto_configure_optimizers=False,
             parser_kwargs={"exit_on_error": False},
@@ -139,6 +142,14 @@ def main() -> None:
         "the report gives the medians and every round's ratios.",
     )
     parser.add_argument("--breakdown_epochs", type=int, default=3)
+    parser.add_argument(
+        "--accelerator", default="auto", help="Trainer accelerator of the in-process breakdown."
+    )
+    parser.add_argument(
+        "--breakdown_only",
+        action="store_true",
+        help="Print only Lightning's cost per step and per evaluation, with the machine.",
+    )
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error(f"--repeats: expected at least 1, got {args.repeats}")
@@ -146,6 +157,11 @@ def main() -> None:
     from mnist_linear.mnist_files import ensure_mnist
 
     ensure_mnist(args.data_dir)  # built before any clock starts
+    if args.breakdown_only:
+        sys.argv = sys.argv[:1]
+        breakdown = lightning_breakdown(args.data_dir, args.breakdown_epochs, args.accelerator)
+        print(json.dumps({"machine": machine(), "accelerator": args.accelerator, **breakdown}))
+        return
     a_times, b_times, c_times = [], [], []
     epochs = numpy_run = torch_run = results = None
     for _ in range(args.repeats):
@@ -160,7 +176,7 @@ def main() -> None:
         b_times.append(b_seconds)
         c_times.append(c_seconds)
     sys.argv = sys.argv[:1]  # the in-process CLI below takes its arguments from args=
-    breakdown = lightning_breakdown(args.data_dir, args.breakdown_epochs)
+    breakdown = lightning_breakdown(args.data_dir, args.breakdown_epochs, args.accelerator)
     a, b, c = (statistics.median(t) for t in (a_times, b_times, c_times))
     report = {
         "machine": machine(),

@@ -121,6 +121,7 @@ def test_a_named_profiler_is_the_trainers(tmp_path: Path, monkeypatch: pytest.Mo
         ("--trainer.max_epochs=abc", "trainer.max_epochs", "abc"),
         ("--model.momentum=1.5", "model.momentum", "1.5"),
         ("--model.bogus=1", "--model.bogus", "1"),
+        ("--trainer.max_epoch=3", "--trainer.max_epoch", "3"),  # no abbreviation of max_epochs
         ("--ckpt_path=missing.ckpt", "--ckpt_path", "missing.ckpt"),
         ("--trainer.accelerator=foo", "accelerator", "foo"),
         ("--annealing.T=-3", "annealing.T", "-3"),

@@ -51,6 +51,22 @@ def _in_process(args: list[str], monkeypatch: pytest.MonkeyPatch) -> int:
     return 0
 
 
+def test_a_resume_from_a_copied_folder_leaves_the_original_run_whole(
+    two_epochs: Path, tmp_path: Path, mnist_root: Path
+) -> None:
+    before = _snapshot(two_epochs)
+    copy = tmp_path / "lightning_logs" / "copy"
+    shutil.copytree(two_epochs, copy)
+    last = copy / "checkpoints" / "last.ckpt"
+    done = run_train(*SMALL, "--trainer.max_epochs=4", f"--ckpt_path={last}", root=tmp_path,
+                     mnist=mnist_root)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _snapshot(two_epochs) == before
+    assert [p.name for p in (copy / "checkpoints").glob("best-*.ckpt")] == [
+        "best-epoch=3-step=36.ckpt"  # its own previous best replaced, in its own folder
+    ]
+
+
 def test_a_resume_from_a_copied_checkpoint_leaves_the_original_run_whole(
     two_epochs: Path, tmp_path: Path, mnist_root: Path
 ) -> None:

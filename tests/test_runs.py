@@ -284,6 +284,7 @@ def test_a_damaged_checkpoint_is_refused_in_one_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --ckpt_path: "), err
     assert str(path) in err[0]
+    assert "weights_only" not in err[0]  # no advice to load an unknown file unsafely
 
 
 def test_an_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path: Path) -> None:

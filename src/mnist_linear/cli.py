@@ -50,6 +50,17 @@ from mnist_linear.run import (
 )
 
 
+def launched_as_rank_zero() -> bool:
+    """Whether this process is, or will be, global rank zero, before the Trainer knows it.
+
+    Lightning's ``rank_zero_only.rank`` is read from ``RANK``, ``LOCAL_RANK`` or
+    ``SLURM_PROCID`` on import; on nodes started by hand every node's ``LOCAL_RANK`` is
+    0, and only ``NODE_RANK`` tells them apart.
+    """
+    node = os.environ.get("NODE_RANK") or os.environ.get("GROUP_RANK") or "0"
+    return rank_zero_only.rank == 0 and ("RANK" in os.environ or int(node) == 0)
+
+
 class UsageError(Exception):
     """Bad input from the command line or a config file: reported in one line, exit code 2."""
 
@@ -123,7 +134,7 @@ class MNISTLinearCLI(LightningCLI):
         loggers = self.config.trainer.logger
         first = loggers[0] if isinstance(loggers, list) and loggers else loggers
         class_path = getattr(first, "class_path", None) or ""
-        if class_path.endswith(("TensorBoardLogger", "CSVLogger")) and rank_zero_only.rank == 0:
+        if class_path.endswith(("TensorBoardLogger", "CSVLogger")) and launched_as_rank_zero():
             init = first.init_args
             name = init.get("name") or "lightning_logs"
             resumed_in = self._resumed_in()
@@ -202,7 +213,7 @@ class MNISTLinearCLI(LightningCLI):
         root = trainer_config.get("default_root_dir") or os.getcwd()
         if resumed_in is not None:
             self.run_dir = resumed_in
-        elif rank_zero_only.rank == 0:  # rank zero's folder reaches the others through Lightning
+        elif launched_as_rank_zero():  # rank zero's folder reaches the others through Lightning
             self.run_dir, self.claimed = claim_run_folder(root), True
         if logger is False:
             return {} if self.run_dir is None else {"default_root_dir": str(self.run_dir)}
@@ -242,7 +253,7 @@ CLI_KWARGS: dict[str, Any] = dict(
     seed_everything_default=42,
     auto_configure_optimizers=False,
     save_config_callback=None,  # fit_and_report writes config.yaml into the run folder
-    parser_kwargs={"exit_on_error": False},
+    parser_kwargs={"exit_on_error": False, "allow_abbrev": False},  # a typo is no abbreviation
 )
 
 

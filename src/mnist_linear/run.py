@@ -226,15 +226,19 @@ class CheckpointError(ValueError):
 
 def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """The checkpoint at ``path``, or :class:`CheckpointError` naming the file and the fault."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"no checkpoint file at {str(path)!r}")
+    if not zipfile.is_zipfile(path):  # what torch.save writes, whole: a zip archive
+        raise CheckpointError(
+            f"{path} is not a checkpoint: not a whole file written by torch.save "
+            "(truncated, or another kind of file)"
+        )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise CheckpointError(f"no checkpoint file at {str(path)!r}") from None
     except (RuntimeError, pickle.UnpicklingError, EOFError, OSError, zipfile.BadZipFile) as error:
-        first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise CheckpointError(
-            f"{path} is not a readable checkpoint (truncated, or not written by torch.save): "
-            f"{first}"
+            f"{path} is not a readable checkpoint: torch.load, loading weights only, "
+            f"refused it ({type(error).__name__})"
         ) from None
     if not isinstance(checkpoint, dict):
         raise CheckpointError(f"{path} is not a Lightning checkpoint: it holds no dict")
