@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from mnist_linear.mnist_files import ensure_mnist
 
@@ -27,6 +28,16 @@ SCALAR_TAGS = {
     "lr",
 }
 IMAGE_TAGS = {"weights", "restored_weights", "class_means", "weights_vs_means"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the tests marked ``gpu`` where CUDA is not available, saying so."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA: torch.cuda.is_available() is False")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)

@@ -173,3 +173,25 @@ def test_evaluation_loss_is_the_cross_entropy_without_l2(images, model: str) -> 
     torch.testing.assert_close(loss, expected, rtol=1e-12, atol=1e-12)
     targets = F.one_hot(y, 10).double() if model == "softmax" else y.double()[:, None]
     torch.testing.assert_close(error, probabilities(z).reshape(error.shape) - targets)
+
+
+@pytest.mark.parametrize("lam", LAMBDAS)
+@pytest.mark.parametrize("model", MODELS)
+def test_cpu_autocast_changes_neither_loss_nor_gradients_by_one_bit(
+    images, model: str, lam: float
+) -> None:
+    x, y = images[model]
+    x = x.float().requires_grad_()
+    weight, bias = (p.detach().float().requires_grad_() for p in _parameters(model, scale=0.5))
+
+    def loss_and_gradients() -> list[torch.Tensor]:
+        loss = linear_cross_entropy(x, y, weight, bias, lam)
+        # Backward inside the autocast region too, as Lightning's manual_backward runs it.
+        return [loss, *torch.autograd.grad(loss, (x, weight, bias))]
+
+    expected = loss_and_gradients()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = loss_and_gradients()
+    for a, b in zip(mixed, expected, strict=True):
+        assert a.dtype == torch.float32
+        assert torch.equal(a, b)

@@ -44,17 +44,25 @@ class TensorSplit(TensorDataset):
     An index tensor of any shape gathers its rows with one ``index_select`` each, which
     costs a third of ``x[index]``'s advanced indexing for a batch of 40 rows; each result
     has the index's shape in front (a block of S steps of B images gives S x B x 784).
-    A slice gives views.
+    The gathering happens where the tensors are: an index on another device is moved
+    there, not the data. A slice gives views.
     """
 
     def __getitem__(self, index: torch.Tensor | slice | int) -> tuple[torch.Tensor, ...]:
         if isinstance(index, torch.Tensor):
-            flat = index.reshape(-1)
+            flat = index.reshape(-1).to(self.tensors[0].device)
             return tuple(
                 tensor.index_select(0, flat).view(*index.shape, *tensor.shape[1:])
                 for tensor in self.tensors
             )
         return super().__getitem__(index)
+
+    def to(self, device: torch.device | str) -> TensorSplit:
+        """This split with its tensors on ``device``: itself if they are there already."""
+        device = torch.device(device)
+        if all(t.device == device for t in self.tensors):
+            return self
+        return TensorSplit(*(t.to(device) for t in self.tensors))
 
 
 class SplitTooSmallError(ValueError):
@@ -152,25 +160,38 @@ class MNISTSubsetDataModule(L.LightningDataModule):
         ensure_mnist(self.data_dir)
 
     def setup(self, stage: str | None = None) -> None:
+        """Read the splits once; under a Trainer, keep them on its process's device.
+
+        On that device an evaluation is one pass over tensors already there (Lightning's
+        batch transfer of them is a no-op) and a training block is gathered there, so
+        no split crosses from host to device more than once. Under DDP each process
+        holds its own copy on its own device.
+        """
         if self.train_set is None:
-            root = ensure_mnist(self.data_dir).parent.parent
-            train = torchvision.datasets.MNIST(root, train=True, download=False)
-            test = torchvision.datasets.MNIST(root, train=False, download=False)
-            self._check_sizes(train.targets, test.targets, self._replicas()[0])
-            end = self.train_size + self.val_size
-            self.train_set = self.subset(
-                train.data[: self.train_size], train.targets[: self.train_size]
-            )
-            self.val_set = self.subset(
-                train.data[self.train_size : end], train.targets[self.train_size : end]
-            )
-            self.test_set = self.subset(
-                test.data[-self.test_size :], test.targets[-self.test_size :]
-            )
-            x, y = self.train_set.tensors
-            self.class_means = torch.stack([x[y == k].mean(dim=0) for k in range(self.num_classes)])
+            self._read_splits()
         # Again on every call: the number of processes is known only once the Trainer runs.
         self._check_batch(len(self.train_set), self._replicas()[0])
+        if self.trainer is not None:
+            device = self.trainer.strategy.root_device
+            self.train_set, self.val_set, self.test_set = (
+                split.to(device) for split in (self.train_set, self.val_set, self.test_set)
+            )
+
+    def _read_splits(self) -> None:
+        root = ensure_mnist(self.data_dir).parent.parent
+        train = torchvision.datasets.MNIST(root, train=True, download=False)
+        test = torchvision.datasets.MNIST(root, train=False, download=False)
+        self._check_sizes(train.targets, test.targets, self._replicas()[0])
+        end = self.train_size + self.val_size
+        self.train_set = self.subset(
+            train.data[: self.train_size], train.targets[: self.train_size]
+        )
+        self.val_set = self.subset(
+            train.data[self.train_size : end], train.targets[self.train_size : end]
+        )
+        self.test_set = self.subset(test.data[-self.test_size :], test.targets[-self.test_size :])
+        x, y = self.train_set.tensors
+        self.class_means = torch.stack([x[y == k].mean(dim=0) for k in range(self.num_classes)])
 
     def check_fits(self, num_replicas: int = 1) -> None:
         """Raise :class:`SplitTooSmallError` where :meth:`setup` would, reading only the labels.

@@ -17,6 +17,8 @@ The derivations are in docs/derivations.md.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import FunctionCtx
@@ -63,17 +65,28 @@ def probabilities(z: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(z[:, 0]) if z.shape[1] == 1 else torch.softmax(z, dim=1)
 
 
+def autocast_off(device_type: str, enabled: bool = True) -> torch.autocast | contextlib.nullcontext:
+    """A context with autocast off for ``device_type``, or nothing when ``enabled`` is false.
+
+    Entering an autocast context costs microseconds on every step, so the Function
+    enters one only when autocast is on.
+    """
+    return torch.autocast(device_type, enabled=False) if enabled else contextlib.nullcontext()
+
+
 class LinearCrossEntropy(torch.autograd.Function):
     """Fused linear layer, sigmoid or softmax, mean cross-entropy and L2 penalty.
 
     forward: L = mean_n CE(Z_n, T_n) + λ ||W||^2 with Z = X W^T + b.
     backward: the gradients of g L, g being the incoming gradient. With E = g (P - T) / N,
         d(gL)/dW = E^T X + 2 λ g W,   d(gL)/db = sum_n E_n,   d(gL)/dX = E W.
-    Nothing is differentiated by autograd.
+    Nothing is differentiated by autograd. Under autocast, on the inputs' device, both
+    passes run in float32 with autocast off, so that ``bf16-mixed`` and ``16-mixed``
+    change nothing in them; otherwise they run in the inputs' dtype (float64 under
+    ``64-true``).
     """
 
     @staticmethod
-    @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)
     def forward(
         ctx: FunctionCtx,
         x: torch.Tensor,
@@ -82,32 +95,40 @@ class LinearCrossEntropy(torch.autograd.Function):
         bias: torch.Tensor,
         l2_lambda: float,
     ) -> torch.Tensor:
-        loss, error = cross_entropy_terms(logits(x, weight, bias), targets)
-        ctx.save_for_backward(x, error, weight)
-        ctx.l2_lambda = l2_lambda
-        if l2_lambda == 0:
-            return loss
-        return loss + l2_lambda * weight.pow(2).sum()
+        # torch.amp.custom_fwd(cast_inputs=torch.float32) does this for one device type
+        # named in advance; the inputs' own device decides here, CPU or GPU alike.
+        ctx.device_type = x.device.type
+        ctx.autocast = torch.is_autocast_enabled(ctx.device_type)
+        if ctx.autocast:
+            x, weight, bias = x.float(), weight.float(), bias.float()
+        with autocast_off(ctx.device_type, ctx.autocast):
+            loss, error = cross_entropy_terms(logits(x, weight, bias), targets)
+            ctx.save_for_backward(x, error, weight)
+            ctx.l2_lambda = l2_lambda
+            if l2_lambda == 0:
+                return loss
+            return loss + l2_lambda * weight.pow(2).sum()
 
     @staticmethod
-    @torch.amp.custom_bwd(device_type="cuda")
     def backward(
         ctx: FunctionCtx, grad_output: torch.Tensor
     ) -> tuple[torch.Tensor | None, None, torch.Tensor | None, torch.Tensor | None, None]:
         x, error, weight = ctx.saved_tensors
         need_x, _, need_w, need_b, _ = ctx.needs_input_grad
-        # E = g (P - T) / N, with g the incoming gradient: every formula is linear in it.
-        e = error * (grad_output / x.shape[0])
         grad_x = grad_w = grad_b = None
-        if need_x:
-            grad_x = e @ weight
-        if need_w:
-            if ctx.l2_lambda == 0:
-                grad_w = e.t() @ x
-            else:  # 2 λ g W + E^T X as one addmm
-                grad_w = torch.addmm(weight * (2 * ctx.l2_lambda * grad_output), e.t(), x)
-        if need_b:
-            grad_b = e.sum(dim=0)
+        # manual_backward runs inside the training step's autocast: keep it off here too.
+        with autocast_off(ctx.device_type, ctx.autocast):
+            # E = g (P - T) / N, with g the incoming gradient: every formula is linear in it.
+            e = error * (grad_output / x.shape[0])
+            if need_x:
+                grad_x = e @ weight
+            if need_w:
+                if ctx.l2_lambda == 0:
+                    grad_w = e.t() @ x
+                else:  # 2 λ g W + E^T X as one addmm
+                    grad_w = torch.addmm(weight * (2 * ctx.l2_lambda * grad_output), e.t(), x)
+            if need_b:
+                grad_b = e.sum(dim=0)
         return grad_x, None, grad_w, grad_b, None
 
 

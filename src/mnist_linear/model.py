@@ -16,7 +16,13 @@ from mnist_linear.errors import (
     check_float,
     check_int,
 )
-from mnist_linear.gradients import cross_entropy, linear_cross_entropy, logits, probabilities
+from mnist_linear.gradients import (
+    autocast_off,
+    cross_entropy,
+    linear_cross_entropy,
+    logits,
+    probabilities,
+)
 from mnist_linear.splits import NUM_FEATURES
 
 STAGES = ("train", "val", "test")
@@ -124,24 +130,45 @@ class LinearClassifier(L.LightningModule):
         return loss.detach()
 
     def _per_image(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each image's cross-entropy (no L2 term) and 0/1 correctness."""
-        z = self.logits(x)
-        return cross_entropy(z, y), (self._labels(z) == y).float()
+        """Each image's cross-entropy (no L2 term) and 0/1 correctness, in the weights' dtype.
+
+        Autocast is off, so that the logged evaluations, which early stopping compares,
+        and :meth:`measure` compute the same numbers under every precision setting.
+        """
+        weight = self.linear.weight
+        device_type = weight.device.type
+        with autocast_off(device_type, torch.is_autocast_enabled(device_type)):
+            z = self.logits(x.to(weight.dtype))
+            return cross_entropy(z, y), (self._labels(z) == y).to(weight.dtype)
+
+    def _metrics_in_weight_dtype(self) -> None:
+        # torchmetrics keeps its states float32 through Lightning's module.double(); under
+        # 64-true the means are then sums of float64 values, as measure() takes them.
+        for metric in (*self.losses, *self.accuracies):
+            metric.set_dtype(self.linear.weight.dtype)
+
+    def on_validation_start(self) -> None:
+        self._metrics_in_weight_dtype()
+
+    def on_test_start(self) -> None:
+        self._metrics_in_weight_dtype()
 
     @torch.no_grad()
     def measure(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
         """Mean cross-entropy (no L2 term) and accuracy over ``batches``, in this process alone.
 
-        The same arithmetic as an evaluation's logged ``loss`` and ``acc``, so that the
-        same batches give the same numbers to the last bit.
+        The same arithmetic as an evaluation's logged ``loss`` and ``acc``, in the weights'
+        dtype with autocast off, so that the same batches give the same numbers to the
+        last bit.
         """
         loss, accuracy = (
-            MeanMetric(nan_strategy="disable", sync_on_compute=False).to(self.device)
+            MeanMetric(nan_strategy="disable", sync_on_compute=False)
+            .to(self.device)
+            .set_dtype(self.linear.weight.dtype)
             for _ in range(2)
         )
         for x, y in batches:
-            x = x.to(self.device, self.linear.weight.dtype)
-            values, correct = self._per_image(x, y.to(self.device))
+            values, correct = self._per_image(x.to(self.device), y.to(self.device))
             loss.update(values)
             accuracy.update(correct)
         return float(loss.compute()), float(accuracy.compute())
