@@ -30,6 +30,15 @@ def _sweep(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
 
 
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists and has not ended (a zombie has)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
+
+
 def _folder(root: Path) -> Path:
     return root / "lightning_logs" / "logistic_l2"
 
@@ -351,9 +360,10 @@ def test_ctrl_c_stops_the_trainings_and_a_rerun_finishes_them(
     assert "Traceback" not in err and children
     assert err.strip().splitlines()[-1].startswith("Interrupted: 1 of 1 runs not finished;")
     assert "python -m mnist_linear.sweep" in err
-    for pid in map(int, children):
-        with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)
+    deadline = time.monotonic() + 10  # the workers, and multiprocessing's resource tracker
+    while any(_running(int(pid)) for pid in children):
+        assert time.monotonic() < deadline, children
+        time.sleep(0.05)
     assert not (run / "results.json").exists() and not (run / ".lock").exists()
     monkeypatch.chdir(REPO)
     main(command[3:])  # the same command again, in this process

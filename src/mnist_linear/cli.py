@@ -35,7 +35,7 @@ from mnist_linear.callbacks import (
     WeightImageLogger,
 )
 from mnist_linear.data import MNISTSubsetDataModule, SplitTooSmallError
-from mnist_linear.errors import USAGE_ERROR, Seed, fail
+from mnist_linear.errors import USAGE_ERROR, PositiveInt, Seed, fail
 from mnist_linear.mnist_files import MNISTFilesError
 from mnist_linear.model import LinearClassifier
 from mnist_linear.run import (
@@ -126,6 +126,14 @@ class MNISTLinearCLI(LightningCLI):
         parser.add_lightning_class_args(LearningRateAnnealing, "annealing")
         parser.add_lightning_class_args(ValidationLossEarlyStopping, "early_stopping")
         parser.add_lightning_class_args(WeightImageLogger, "weight_images")
+        parser.add_argument(
+            "--threads",
+            type=PositiveInt | None,
+            default=None,
+            help="torch's CPU threads for this run's evaluations, also given to the processes "
+            "it starts (OMP_NUM_THREADS); the SGD steps of a mini-batch run on one thread. "
+            "Default: torch's own, one per core.",
+        )
         parser.add_argument(
             "--ckpt_path",
             type=str | None,
@@ -333,13 +341,15 @@ class _CheckOnly(MNISTLinearCLI):
         return {"logger": False}  # a logger would name a folder; nothing is written here
 
 
+def _not_a_tip(record: logging.LogRecord) -> bool:
+    # Lightning prints an advertisement for a cloud logger on every run; this project is offline.
+    return not str(record.msg).startswith("💡 Tip")
+
+
 def _quiet_lightning() -> None:
     # The seed is part of the saved config.yaml; its "Seed set" line would precede any error.
     logging.getLogger("lightning.fabric.utilities.seed").setLevel(logging.WARNING)
-    # Lightning prints an advertisement for a cloud logger on every run; this project is offline.
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        lambda record: not str(record.msg).startswith("💡 Tip")
-    )
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_a_tip)  # once
     # Lightning 2.6 calls a torch pytree API that torch 2.14 deprecates, on every run.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
@@ -414,6 +424,10 @@ def fit_and_report(cli: MNISTLinearCLI) -> dict[str, Any] | None:
     """
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
     datamodule.check_fits(trainer.world_size)  # before any process is started
+    threads = cli.config.get("threads")
+    if threads is not None:  # Lightning's DDP leaves torch's threads alone when this is set
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cli.config.get("ckpt_path"))
     results = next(c for c in trainer.callbacks if isinstance(c, RunResults)).results
     if results is None and cli.run_dir is not None and (cli.run_dir / "results.json").is_file():
@@ -421,13 +435,17 @@ def fit_and_report(cli: MNISTLinearCLI) -> dict[str, Any] | None:
     return results
 
 
-def main(args: Sequence[str] | None = None) -> None:
-    """Entry point of ``train.py``."""
+def make_cli(args: Sequence[str] | None = None) -> MNISTLinearCLI:
+    """train.py's arguments parsed and its classes made; bad input ends in one line, exit 2."""
     _quiet_lightning()
     try:
-        cli = MNISTLinearCLI(LinearClassifier, MNISTSubsetDataModule, args=args, **CLI_KWARGS)
+        return MNISTLinearCLI(LinearClassifier, MNISTSubsetDataModule, args=args, **CLI_KWARGS)
     except UsageError as error:
         fail(str(error), USAGE_ERROR)
+
+
+def fit_reporting_errors(cli: MNISTLinearCLI) -> None:
+    """:func:`fit_and_report`; what stops it before training ends in one line and an exit code."""
     try:
         fit_and_report(cli)
     except SplitTooSmallError as error:
@@ -444,6 +462,11 @@ def main(args: Sequence[str] | None = None) -> None:
             raise
         where = error.filename or f"into {cli.run_dir or 'the run folder'}"  # a library's write
         fail(f"cannot write {where}: {error.strerror}", 1)
+
+
+def main(args: Sequence[str] | None = None) -> None:
+    """Entry point of ``train.py``."""
+    fit_reporting_errors(make_cli(args))
 
 
 if __name__ == "__main__":

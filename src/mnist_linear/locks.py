@@ -83,9 +83,9 @@ def claim(folder: Path, guard: Path) -> str | None:
     return None
 
 
-def add_process(folder: Path, pid: int) -> None:
-    """Name process ``pid`` (this host), started for ``folder``, in the lock this process holds."""
-    atomic_write_text(folder / LOCK, f"{this_owner()}\n{pid}@{socket.gethostname()}\n")
+def add_process(folder: Path, owner: str) -> None:
+    """Name this process, training ``folder`` for ``owner``, in the lock that ``owner`` holds."""
+    atomic_write_text(folder / LOCK, f"{owner}\n{this_owner()}\n")
 
 
 def release(folder: Path) -> None:

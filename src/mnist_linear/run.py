@@ -38,7 +38,7 @@ RECORD_KEY = "mnist_linear_record"  # the run's settings, in every checkpoint it
 # Settings a resume may change: they extend the run (its length) or change only what it
 # writes and shows, never the arithmetic. Every other setting is the checkpoint's own.
 RESUME_MAY_CHANGE = (
-    "data.data_dir", "weight_images",
+    "data.data_dir", "weight_images", "threads",
     "trainer.max_epochs", "trainer.max_steps", "trainer.max_time",
     "trainer.logger", "trainer.default_root_dir", "trainer.callbacks",
     "trainer.enable_progress_bar", "trainer.enable_model_summary",
@@ -299,7 +299,8 @@ class RunResults(L.Callback):
     Runs in every process that trains, at ``on_fit_end``, so after every callback's
     ``on_train_end`` (early stopping's restore among them) whatever their order; rank
     zero writes ``results.json`` into the run folder and prints a summary. ``seconds``
-    counts from the start of fitting to the end of this evaluation.
+    counts from the start of fitting to the end of this evaluation; ``threads`` is
+    torch's number of CPU threads when fitting started.
 
     Rank zero also logs the run's hyperparameters with its results (``hp/val_acc``,
     ...) to TensorBoard, for the HPARAMS tab that compares the runs of a sweep.
@@ -316,9 +317,11 @@ class RunResults(L.Callback):
         self.hparams = dict(hparams or {})
         self.results: dict[str, Any] | None = None
         self._started = time.perf_counter()
+        self.threads = torch.get_num_threads()
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._started = time.perf_counter()
+        self.threads = torch.get_num_threads()
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         stopping = next(
@@ -338,6 +341,7 @@ class RunResults(L.Callback):
             stopped_epoch=None if stopping is None else stopping.stopped_epoch,
             stop_reason=None if stopping is None else stopping.stop_reason,
             global_step=trainer.global_step,
+            threads=self.threads,
             seconds=round(time.perf_counter() - self._started, 3),
         )
         self.results = without_non_finite(results)

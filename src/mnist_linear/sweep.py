@@ -32,21 +32,24 @@ import csv
 import io
 import itertools
 import json
+import multiprocessing
 import os
 import shlex
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mnist_linear.errors import OneLineArgumentParser, fail
 from mnist_linear.files import atomic_write_text
-from mnist_linear.locks import LOCK, add_process, claim, release
+from mnist_linear.locks import LOCK, claim, holders, release, this_owner
+from mnist_linear.workers import NOT_STARTED, fresh_state, train, worker_pool
 
 DEFAULT_GRID = "model.l2_lambda=0,0.0001,0.001,0.01"
 METRICS = (
@@ -58,7 +61,7 @@ OPENING, CLOSING = "[({", "])}"
 # a rerun may change them (another data folder holding the same bytes) and find it done.
 PLUMBING = (
     "config", "ckpt_path", "data.data_dir", "trainer.default_root_dir", "trainer.logger",
-    "trainer.enable_progress_bar",
+    "trainer.enable_progress_bar", "threads",
 )  # fmt: skip
 INTERRUPTED = 130
 
@@ -119,8 +122,8 @@ def runs_of(grid: Sequence[tuple[str, list[str]]], seeds: int | None) -> list[Ru
     return [Run(p, s) for p in points for s in ([None] if seeds is None else range(seeds))]
 
 
-def check_arguments(args: argparse.Namespace, runs: list[Run], extra: list[str]) -> None:
-    """Refuse, in one line with exit 2, what train.py would refuse before training.
+def check_arguments(args: argparse.Namespace, runs: list[Run], extra: list[str]) -> str | None:
+    """What train.py would refuse before training, as the sweep's one line; ``None``: nothing.
 
     The arguments passed through to train.py first, alone, once; then every grid point,
     each whole combination of values, with the constructors run as train.py runs them.
@@ -131,13 +134,23 @@ def check_arguments(args: argparse.Namespace, runs: list[Run], extra: list[str])
     try:
         parse_only([f"--config={args.config}", *extra])
     except UsageError as error:
-        fail(f"arguments passed to train.py: {error}")
+        return f"arguments passed to train.py: {error}"
     for _, group in itertools.groupby(runs, key=lambda run: run.point):
         run = next(group)  # the seeds of a point cannot be refused
         try:
             check_only(train_arguments(args, run, extra))
         except UsageError as error:
-            fail(f"--grid {run.point_name or 'none'}: {error}")
+            return f"--grid {run.point_name or 'none'}: {error}"
+    return None
+
+
+def preflight(
+    args: argparse.Namespace, runs: list[Run], extra: list[str], check: bool = True
+) -> tuple[str | None, list[str]]:
+    """:func:`check_arguments` (when ``check``), then :func:`differences`, in a worker."""
+    with fresh_state():
+        refusal = check_arguments(args, runs, extra) if check else None
+        return refusal, [] if refusal else differences(args, runs, extra)
 
 
 def differences(args: argparse.Namespace, runs: list[Run], extra: list[str]) -> list[str]:
@@ -201,7 +214,8 @@ def train_arguments(args: argparse.Namespace, run: Run, extra: list[str]) -> lis
     """The arguments train.py gets for one run."""
     folder = sweep_folder(args)
     return [
-        f"--config={args.config}", *extra, *run.arguments(),
+        f"--config={args.config}", f"--threads={threads_per_run(args.jobs)}", *extra,
+        *run.arguments(),
         f"--trainer.default_root_dir={args.root_dir}",
         "--trainer.logger=lightning.pytorch.loggers.TensorBoardLogger",
         f"--trainer.logger.save_dir={folder.parent}",
@@ -216,26 +230,28 @@ def sweep_folder(args: argparse.Namespace) -> Path:
     return Path(args.root_dir) / "lightning_logs" / args.name
 
 
-def start(args: argparse.Namespace, run: Run, extra: list[str]) -> subprocess.Popen:
-    """Start one claimed run in its own process, resuming from its last.ckpt when it has one.
+def threads_per_run(jobs: int) -> int:
+    """torch threads of each of ``jobs`` trainings at once: the usable cores // jobs, at least 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // jobs)
 
-    The process leads a session of its own, so that a Ctrl-C reaches it once, forwarded
-    by the sweep, and its own processes (DDP's) with it.
+
+def prepare(args: argparse.Namespace, run: Run) -> list[str]:
+    """Ready a claimed run's folder; ``--ckpt_path`` of its last.ckpt when it has one.
+
+    A run that never reached a checkpoint starts again: its folder is emptied, but for
+    the claim.
     """
     folder = sweep_folder(args) / run.name
     last = folder / "checkpoints" / "last.ckpt"
-    resume = [f"--ckpt_path={last}"] if last.is_file() else []
-    if not resume:  # it never reached a checkpoint: start it again, keeping the claim
-        for path in folder.iterdir():
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.name != LOCK:
-                path.unlink()
-    with open(folder / "train.log", "a") as log:
-        return subprocess.Popen(
-            [*train_command(args, run, extra), *resume], stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
+    if last.is_file():
+        return [f"--ckpt_path={last}"]
+    for path in folder.iterdir():
+        if path.is_dir():
+            shutil.rmtree(path)
+        elif path.name != LOCK:
+            path.unlink()
+    return []
 
 
 def results_of(folder: Path) -> dict | None:
@@ -243,6 +259,9 @@ def results_of(folder: Path) -> dict | None:
         return json.loads((folder / "results.json").read_text())
     except (OSError, ValueError):
         return None
+
+
+KILLED = -1  # a run whose worker process ended in the middle of it
 
 
 @dataclass
@@ -254,40 +273,74 @@ class Progress:
     signals: list[int] = field(default_factory=list)
 
 
-def train_all(args: argparse.Namespace, runs: list[Run], extra: list[str]) -> Progress:
-    """Train the runs without results, ``args.jobs`` at a time, each claimed first.
+class Workers:
+    """``jobs`` worker processes (:func:`~mnist_linear.workers.worker_pool`), one run each.
+
+    A worker that dies in the middle of a run takes that run only: it is replaced by a
+    new one. ``stop`` is set when the sweep is told to stop; no run starts after that.
+    """
+
+    def __init__(self, jobs: int) -> None:
+        self.stop = multiprocessing.get_context("spawn").Event()
+        self.pools = [worker_pool(self.stop) for _ in range(jobs)]
+        for pool in self.pools:  # start them now: their imports overlap
+            pool.submit(int)
+
+    def replace(self, index: int) -> None:
+        self.pools[index].shutdown(wait=False)
+        self.pools[index] = worker_pool(self.stop)
+
+    def shutdown(self) -> None:
+        self.stop.set()
+        for pool in self.pools:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def train_all(
+    args: argparse.Namespace, runs: list[Run], extra: list[str], workers: Workers
+) -> Progress:
+    """Train the runs without results, one per worker at a time, each claimed first.
 
     A run another live sweep holds is waited for: when its lock goes, it is done (its
-    results.json is there) or this sweep claims and trains it. SIGINT and SIGTERM are
-    forwarded to the trainings, which stop as train.py stops; no new run starts.
+    results.json is there) or this sweep claims and trains it. On SIGINT or SIGTERM no
+    run starts, and each running training gets SIGINT, which stops it as Ctrl-C stops
+    train.py.
     """
     todo = [run for run in runs if results_of(sweep_folder(args) / run.name) is None]
+    jobs = len(workers.pools)
     print(f"{len(runs) - len(todo)} of {len(runs)} runs done already; {len(todo)} to train, "
-          f"{args.jobs} at a time.", flush=True)  # fmt: skip
+          f"{jobs} at a time, {threads_per_run(args.jobs)} thread(s) each.",
+          flush=True)  # fmt: skip
     guard = sweep_folder(args) / ".claims"
     guard.parent.mkdir(parents=True, exist_ok=True)
-    running: dict[Run, tuple[subprocess.Popen, float]] = {}
+    running: dict[Future, tuple[Run, int, float]] = {}
+    free = list(range(jobs))
     waiting: set[Run] = set()
-    progress, finished, total = Progress(), 0, len(todo)
+    progress, finished, total, owner = Progress(), 0, len(todo), this_owner()
+
+    def interrupt_trainings() -> None:
+        workers.stop.set()
+        for run, _, _ in running.values():
+            for holder in holders(sweep_folder(args) / run.name)[1:]:
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(holder.partition("@")[0]), signal.SIGINT)
 
     def forward(signum: int, frame: object) -> None:
         progress.signals.append(signum)
-        for process, _ in running.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signum)
+        interrupt_trainings()
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         while (todo and not progress.signals) or running:
             for run in list(todo):
-                if len(running) >= args.jobs or progress.signals:
+                if not free or progress.signals:
                     break
                 folder = sweep_folder(args) / run.name
-                owner = claim(folder, guard)
-                if owner is not None:
+                held_by = claim(folder, guard)
+                if held_by is not None:
                     if run not in waiting:
                         waiting.add(run)
-                        print(f"{run.name}: being trained by PID {owner} (another sweep); "
+                        print(f"{run.name}: being trained by PID {held_by} (another sweep); "
                               "waiting for it.", flush=True)  # fmt: skip
                     continue
                 todo.remove(run)
@@ -298,49 +351,55 @@ def train_all(args: argparse.Namespace, runs: list[Run], extra: list[str]) -> Pr
                     print(f"[{finished}/{total}] {run.name}: trained by another sweep",
                           flush=True)  # fmt: skip
                     continue
-                process = start(args, run, extra)
-                add_process(folder, process.pid)
-                running[run] = (process, time.perf_counter())
-                if progress.signals:  # the signal came while it started
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(process.pid, progress.signals[-1])
-            time.sleep(0.1)
-            for run, (process, started) in list(running.items()):
-                if process.poll() is None:
-                    continue
-                del running[run]
+                arguments = [*train_arguments(args, run, extra), *prepare(args, run)]
+                index = free.pop()
+                future = workers.pools[index].submit(train, arguments, str(folder), owner)
+                running[future] = (run, index, time.perf_counter())
+            if not running:
+                time.sleep(0.1)
+                continue
+            done, _ = wait(running, timeout=0.1, return_when=FIRST_COMPLETED)
+            for future in done:
+                run, index, started = running.pop(future)
+                free.append(index)
                 release(sweep_folder(args) / run.name)
+                try:
+                    code = future.result()
+                except BrokenProcessPool:
+                    code = KILLED
+                    workers.replace(index)
                 finished += 1
                 seconds = time.perf_counter() - started
-                print(f"[{finished}/{total}] {run.name}: {outcome(args, run, process, progress)} "
+                print(f"[{finished}/{total}] {run.name}: {outcome(args, run, code, progress)} "
                       f"({seconds:.1f} s)", flush=True)  # fmt: skip
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        for process, _ in running.values():  # only if the sweep itself failed
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGINT)
-            process.wait()
-        for run in running:
+        if running:  # only if the sweep itself failed
+            interrupt_trainings()
+            wait(running)
+        for run, _, _ in running.values():
             release(sweep_folder(args) / run.name)
     return progress
 
 
-def outcome(
-    args: argparse.Namespace, run: Run, process: subprocess.Popen, progress: Progress
-) -> str:
+def outcome(args: argparse.Namespace, run: Run, code: int | None, progress: Progress) -> str:
     """How a run's training ended, in words; a failed one goes to ``progress.failed``."""
     folder = sweep_folder(args) / run.name
     results = results_of(folder)
-    if process.returncode == 0 and results is not None:
+    if code == 0 and results is not None:
         return (f"val/acc {100 * results['val/acc']:.2f}%, "
                 f"test/acc {100 * results['test/acc']:.2f}%")  # fmt: skip
     if progress.signals:
         if (folder / "checkpoints" / "last.ckpt").is_file():
             return "interrupted; resumes from its last.ckpt"
+        if code is NOT_STARTED:
+            return "not started"
         return "interrupted before its first checkpoint; starts again"
     progress.failed.append(run)
-    return f"FAILED with exit code {process.returncode}, see {folder / 'train.log'}"
+    if code == KILLED:
+        return f"FAILED: its process was killed, see {folder / 'train.log'}"
+    return f"FAILED with exit code {code}, see {folder / 'train.log'}"
 
 
 def summary_rows(args: argparse.Namespace, runs: list[Run]) -> list[dict[str, object]]:
@@ -431,30 +490,41 @@ def _positive(text: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
+    args, extra = parse_args(argv)
+    if not Path(args.config).is_file():
+        fail(f"--config: no file at {args.config!r}")
+    runs = runs_of(args.grid, args.seeds)
+    args.jobs = min(args.jobs, len(runs))  # and so the threads of each
+    workers = Workers(1 if args.dry_run else args.jobs)
     try:
-        args, extra = parse_args(argv)
-        if not Path(args.config).is_file():
-            fail(f"--config: no file at {args.config!r}")
-        runs = runs_of(args.grid, args.seeds)
-        check_arguments(args, runs, extra)
-        refuse_differences(args, differences(args, runs, extra))
-    except KeyboardInterrupt:
-        print("Interrupted before anything trained.", file=sys.stderr)
-        sys.exit(INTERRUPTED)
-    if args.dry_run:
-        for run in runs:
-            if results_of(sweep_folder(args) / run.name) is None:
-                command = ["python", *train_command(args, run, extra)[1:]]
-                print(shlex.join(command))
-        return
-    progress = train_all(args, runs, extra)
-    if progress.signals:
-        left = sum(results_of(sweep_folder(args) / run.name) is None for run in runs)
-        rerun = shlex.join(["python", "-m", "mnist_linear.sweep", *argv])
-        print(f"Interrupted: {left} of {len(runs)} runs not finished; to resume them, "
-              f"run again: {rerun}", file=sys.stderr, flush=True)  # fmt: skip
-        sys.exit(128 + progress.signals[0])  # 130 for SIGINT, 143 for SIGTERM, as shells do
-    refuse_differences(args, differences(args, progress.by_others, extra))
+        try:
+            refusal, differing = workers.pools[0].submit(preflight, args, runs, extra).result()
+        except KeyboardInterrupt:
+            print("Interrupted before anything trained.", file=sys.stderr)
+            sys.exit(INTERRUPTED)
+        if refusal is not None:
+            fail(refusal)
+        refuse_differences(args, differing)
+        if args.dry_run:
+            for run in runs:
+                if results_of(sweep_folder(args) / run.name) is None:
+                    command = ["python", *train_command(args, run, extra)[1:]]
+                    print(shlex.join(command))
+            return
+        progress = train_all(args, runs, extra, workers)
+        if progress.signals:
+            left = sum(results_of(sweep_folder(args) / run.name) is None for run in runs)
+            rerun = shlex.join(["python", "-m", "mnist_linear.sweep", *argv])
+            print(f"Interrupted: {left} of {len(runs)} runs not finished; to resume them, "
+                  f"run again: {rerun}", file=sys.stderr, flush=True)  # fmt: skip
+            sys.exit(128 + progress.signals[0])  # 130 for SIGINT, 143 for SIGTERM, as shells do
+        if progress.by_others:
+            _, differing = (
+                workers.pools[0].submit(preflight, args, progress.by_others, extra, False).result()
+            )
+            refuse_differences(args, differing)
+    finally:
+        workers.shutdown()
     print(write_summary(args, runs), end="")
     print(f"Summary: {sweep_folder(args) / 'summary.csv'}")
     if progress.failed:
