@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, sweep_command
+from conftest import REPO, read_results, run_train, sweep_command
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -344,28 +344,115 @@ def test_ctrl_c_stops_the_trainings_and_a_rerun_finishes_them(
     tmp_path: Path, mnist_root: Path, capsys, monkeypatch
 ) -> None:
     command = [c for c in sweep_command(tmp_path, mnist_root) if c != "--seeds=2"]
-    command[command.index("--grid") + 1] = "model.l2_lambda=0"
-    command[-1] = "--trainer.max_epochs=5"
+    command[-1] = "--trainer.max_epochs=40"
+    command.append("--early_stopping.patience=40")
     sweep = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)  # fmt: skip
-    run = tmp_path / "lightning_logs" / "logistic_l2" / "model.l2_lambda=0"
+    runs = [_folder(tmp_path) / name for name in ("model.l2_lambda=0", "model.l2_lambda=0.01")]
     deadline = time.monotonic() + 120
-    while not (run / "checkpoints" / "last.ckpt").exists() and sweep.poll() is None:
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
+    while not all((run / "checkpoints" / "last.ckpt").exists() for run in runs):
+        assert time.monotonic() < deadline and sweep.poll() is None, sweep.communicate()
+        time.sleep(0.01)
     children = Path(f"/proc/{sweep.pid}/task/{sweep.pid}/children").read_text().split()
     sweep.send_signal(signal.SIGINT)
     out, err = sweep.communicate(timeout=120)
     assert sweep.returncode == 130, out + err
     assert "Traceback" not in err and children
-    assert err.strip().splitlines()[-1].startswith("Interrupted: 1 of 1 runs not finished;")
+    assert err.strip().splitlines()[-1].startswith("Interrupted: 2 of 2 runs not finished;")
     assert "python -m mnist_linear.sweep" in err
+    assert out.count("interrupted; resumes from its last.ckpt") == 2, out
     deadline = time.monotonic() + 10  # the workers, and multiprocessing's resource tracker
     while any(_running(int(pid)) for pid in children):
         assert time.monotonic() < deadline, children
         time.sleep(0.05)
-    assert not (run / "results.json").exists() and not (run / ".lock").exists()
+    for run in runs:
+        assert not (run / "results.json").exists() and not (run / ".lock").exists()
+        assert "Detected KeyboardInterrupt" in (run / "train.log").read_text()
     monkeypatch.chdir(REPO)
     main(command[3:])  # the same command again, in this process
+    out = capsys.readouterr().out
+    assert "0 of 2 runs done already; 2 to train" in out and out.count(": val/acc") == 2
+    for run in runs:
+        assert json.loads((run / "results.json").read_text())["stopped_epoch"] == 39
+
+
+# --- Workers: runs that share start-up, and give what train.py alone gives -------------
+
+
+def _without(results: dict, *keys: str) -> dict:
+    return {k: v for k, v in results.items() if k not in keys}
+
+
+def test_a_sweep_run_is_what_train_py_gives_alone_with_the_same_threads(
+    sweep_root: Path, mnist_root: Path, tmp_path: Path
+) -> None:
+    run = _folder(sweep_root) / "model.l2_lambda=0.01,seed=1"
+    swept = json.loads((run / "results.json").read_text())
+    assert swept["threads"] == max(1, len(os.sched_getaffinity(0)) // 2)  # --jobs=2
+    assert yaml.safe_load((run / "config.yaml").read_text())["threads"] == swept["threads"]
+    done = run_train(
+        "--config=configs/logistic.yaml", f"--threads={swept['threads']}",
+        "--model.l2_lambda=0.01", "--seed_everything=1", "--data.seed=1",
+        "--data.train_size=2000", "--trainer.max_epochs=2", root=tmp_path, mnist=mnist_root,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert _without(read_results(tmp_path), "seconds") == _without(swept, "seconds")
+
+
+def test_jobs_1_and_jobs_2_give_identical_summaries(
+    sweep_root: Path, mnist_root: Path, tmp_path: Path
+) -> None:
+    done = subprocess.run([*sweep_command(tmp_path, mnist_root), "--jobs=1"], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "4 to train, 1 at a time" in done.stdout
+    one, two = _folder(tmp_path), _folder(sweep_root)
+    assert (one / "summary.csv").read_text() == (two / "summary.csv").read_text()
+    for name in NAMES:
+        a, b = (json.loads((f / name / "results.json").read_text()) for f in (one, two))
+        assert _without(a, "seconds", "threads") == _without(b, "seconds", "threads")
+
+
+def test_a_runs_results_do_not_depend_on_its_thread_count(tmp_path: Path, mnist_root: Path) -> None:
+    # Softmax, whose 40 x 784 by 784 x 10 products torch splits across threads when it may.
+    done = _sweep(
+        "--config=configs/softmax.yaml", "--grid=threads=1,2", "--jobs=1", "--name=threads",
+        f"--root_dir={tmp_path}", f"--data.data_dir={mnist_root}", "--trainer.max_epochs=2",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    folder = tmp_path / "lightning_logs" / "threads"
+    one, two = (json.loads((folder / f"threads={n}" / "results.json").read_text()) for n in (1, 2))
+    assert (one["threads"], two["threads"]) == (1, 2)
+    assert _without(one, "seconds", "threads") == _without(two, "seconds", "threads")
+    # The second run, in the same worker, printed what the first printed (Lightning's
+    # once-per-process messages included), numbers and times aside.
+    logs = [(folder / f"threads={n}" / "train.log").read_text() for n in (1, 2)]
+    words = [{line.split()[0] for line in log.splitlines() if line.strip()} for log in logs]
+    assert words[0] == words[1] and all(log.count("Results: ") == 1 for log in logs)
+
+
+def test_a_killed_worker_takes_only_its_run_and_is_replaced(
+    tmp_path: Path, mnist_root: Path, monkeypatch, capsys
+) -> None:
+    command = [c for c in sweep_command(tmp_path, mnist_root) if c != "--seeds=2"]
+    command[command.index("--jobs=2")] = "--jobs=1"
+    command[-1] = "--trainer.max_epochs=40"
+    sweep = subprocess.Popen([*command, "--early_stopping.patience=40"], cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    first = _folder(tmp_path) / "model.l2_lambda=0"
+    deadline = time.monotonic() + 120
+    while not (first / "checkpoints" / "last.ckpt").exists():  # the run is under way
+        assert time.monotonic() < deadline and sweep.poll() is None, sweep.communicate()
+        time.sleep(0.01)
+    worker = int((first / ".lock").read_text().split()[1].partition("@")[0])
+    os.kill(worker, signal.SIGKILL)
+    out, err = sweep.communicate(timeout=180)
+    assert sweep.returncode == 1, out + err
+    assert "[1/2] model.l2_lambda=0: FAILED: its process was killed" in out
+    assert "[2/2] model.l2_lambda=0.01: val/acc" in out  # in a new worker
+    assert err.strip().splitlines()[-1] == "error: 1 run(s) failed: model.l2_lambda=0"
+    assert not (first / "results.json").exists() and not (first / ".lock").exists()
+    monkeypatch.chdir(REPO)
+    main([*command[3:], "--early_stopping.patience=40"])  # resumes the killed run
     assert "[1/1] model.l2_lambda=0: val/acc" in capsys.readouterr().out
-    assert json.loads((run / "results.json").read_text())["stopped_epoch"] == 4
+    assert json.loads((first / "results.json").read_text())["stopped_epoch"] == 39

@@ -52,14 +52,19 @@ def _start(stop: Any, parent: int) -> None:
     global _stop
     _stop = stop
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C: the sweep decides
+    import mnist_linear.cli  # noqa: F401  (the imports a run needs, once per worker)
+
+    remember_fresh_state()
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+
+
+def remember_fresh_state() -> None:
+    """Keep this process's environment and random states, for :func:`fresh_state`."""
     import numpy as np
     import torch
 
-    import mnist_linear.cli  # noqa: F401  (the imports a run needs, once per worker)
-
     _fresh.update(torch=torch.get_rng_state(), numpy=np.random.get_state(),
                   python=random.getstate(), environ=dict(os.environ))  # fmt: skip
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
 
 
 def _watch_parent(parent: int) -> None:
