@@ -15,6 +15,10 @@ import torch
 
 from mnist_linear.mnist_files import ensure_mnist
 
+# Deterministic cuBLAS needs this set before its first call in the process; Lightning sets
+# it only when a deterministic Trainer is made, which in a test session may come later.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
 REPO = Path(__file__).resolve().parents[1]
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 SCALAR_TAGS = {

@@ -10,6 +10,7 @@ from conftest import REPO, read_results, run_dir
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mnist_linear.cli import main
+from mnist_linear.data import MNISTSubsetDataModule
 
 SMALL = (
     f"--config={REPO / 'configs' / 'logistic.yaml'}",
@@ -33,6 +34,7 @@ def train(root: Path, mnist: Path, *args: str) -> dict:
     [
         ("bf16-mixed", "cpu"),
         ("64-true", "cpu"),
+        ("bf16-true", "cpu"),
         pytest.param("bf16-mixed", "gpu", marks=pytest.mark.gpu),
         pytest.param("16-mixed", "gpu", marks=pytest.mark.gpu),
     ],
@@ -60,6 +62,11 @@ def test_logged_evaluation_at_the_restored_step_is_results_json(
         # An event file holds float32 scalars: results.json's value rounded to float32
         # is what was logged, if both were computed alike (float64 ones under 64-true).
         assert np.float32(results[tag]) == np.float32(logged), tag
+    if precision == "bf16-true":  # evaluated in float32, not bf16: a whole number of images
+        data = MNISTSubsetDataModule(data_dir=str(mnist_root), classes=[2, 3], train_size=2000)
+        data.setup()
+        right = results["val/acc"] * len(data.val_set)
+        assert right == pytest.approx(round(right), abs=1e-3), right
 
 
 def test_bf16_mixed_trains_exactly_what_32_true_trains(

@@ -8,6 +8,7 @@ events, ``config.yaml`` (the resolved configuration), ``checkpoints/`` and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import logging
@@ -45,6 +46,7 @@ from mnist_linear.run import (
     RunRecord,
     RunResults,
     claim_run_folder,
+    first_missing,
     flat_settings,
     logger_version,
     read_checkpoint,
@@ -107,6 +109,7 @@ class MNISTLinearCLI(LightningCLI):
 
     run_dir: Path | None = None
     claimed = False  # run_dir is a new folder this process made
+    made: Path | None = None  # the outermost folder made to hold it
     checkpoint: dict[str, Any] | None = None
     config_text = ""
 
@@ -211,6 +214,7 @@ class MNISTLinearCLI(LightningCLI):
             ):  # resumed inside this logger's own folder: continue there
                 self.run_dir = resumed_in
             else:
+                self.made = first_missing(Path(init.save_dir, name))
                 self.run_dir = claim_run_folder(init.save_dir, name, init.get("version"))
                 self.claimed = init.get("version") is None
             init.version = logger_version(self.run_dir)
@@ -223,12 +227,19 @@ class MNISTLinearCLI(LightningCLI):
         """Remove the folder this process claimed for a run that was refused before training.
 
         Only a folder it created itself and that holds no checkpoint: never a resumed
-        run's folder, never one named by ``--trainer.logger.version``.
+        run's folder, never one named by ``--trainer.logger.version``. The folders made
+        to hold it (``lightning_logs``, a new ``default_root_dir``) go too, if empty.
         """
         run, claimed, self.claimed = self.run_dir, self.claimed, False
         if not claimed or run is None or not run.is_dir() or any(run.glob("checkpoints/*.ckpt")):
             return
         shutil.rmtree(run, ignore_errors=True)
+        if self.made is not None:
+            for folder in (run.parent, *run.parent.parents):
+                with contextlib.suppress(OSError):  # not empty: another run's
+                    folder.rmdir()
+                if folder == self.made:
+                    break
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """The Trainer, with a run folder of its own under ``default_root_dir``.
@@ -280,6 +291,7 @@ class MNISTLinearCLI(LightningCLI):
         if resumed_in is not None:
             self.run_dir = resumed_in
         elif launched_as_rank_zero():  # rank zero's folder reaches the others through Lightning
+            self.made = first_missing(Path(root, "lightning_logs"))
             self.run_dir, self.claimed = claim_run_folder(root), True
         if logger is False:
             return {} if self.run_dir is None else {"default_root_dir": str(self.run_dir)}

@@ -147,42 +147,48 @@ class LinearClassifier(L.LightningModule):
                 optimizer.step()
         return loss.detach()
 
-    def _per_image(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each image's cross-entropy (no L2 term) and 0/1 correctness, in the weights' dtype.
+    @property
+    def eval_dtype(self) -> torch.dtype:
+        """The dtype of evaluations: float32, or float64 for float64 weights (``64-true``)."""
+        return torch.promote_types(self.linear.weight.dtype, torch.float32)
 
-        Autocast is off, so that the logged evaluations, which early stopping compares,
-        and :meth:`measure` compute the same numbers under every precision setting.
+    def _per_image(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each image's cross-entropy (no L2 term) and 0/1 correctness, in :attr:`eval_dtype`.
+
+        Autocast is off and half-precision weights are widened, so that the logged
+        evaluations, which early stopping compares, and :meth:`measure` compute the same
+        numbers under every precision setting, never in half precision.
         """
-        weight = self.linear.weight
+        weight, bias, dtype = self.linear.weight, self.linear.bias, self.eval_dtype
         device_type = weight.device.type
         with autocast_off(device_type, torch.is_autocast_enabled(device_type)):
-            z = self.logits(x.to(weight.dtype))
-            return cross_entropy(z, y), (self._labels(z) == y).to(weight.dtype)
+            z = logits(x.to(dtype), weight.to(dtype), bias.to(dtype))
+            return cross_entropy(z, y), (self._labels(z) == y).to(dtype)
 
-    def _metrics_in_weight_dtype(self) -> None:
+    def _metrics_in_eval_dtype(self) -> None:
         # torchmetrics keeps its states float32 through Lightning's module.double(); under
         # 64-true the means are then sums of float64 values, as measure() takes them.
         for metric in (*self.losses, *self.accuracies):
-            metric.set_dtype(self.linear.weight.dtype)
+            metric.set_dtype(self.eval_dtype)
 
     def on_validation_start(self) -> None:
-        self._metrics_in_weight_dtype()
+        self._metrics_in_eval_dtype()
 
     def on_test_start(self) -> None:
-        self._metrics_in_weight_dtype()
+        self._metrics_in_eval_dtype()
 
     @torch.no_grad()
     def measure(self, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
         """Mean cross-entropy (no L2 term) and accuracy over ``batches``, in this process alone.
 
-        The same arithmetic as an evaluation's logged ``loss`` and ``acc``, in the weights'
-        dtype with autocast off, so that the same batches give the same numbers to the
-        last bit.
+        The same arithmetic as an evaluation's logged ``loss`` and ``acc``, in
+        :attr:`eval_dtype` with autocast off, so that the same batches give the same
+        numbers to the last bit.
         """
         loss, accuracy = (
             MeanMetric(nan_strategy="disable", sync_on_compute=False)
             .to(self.device)
-            .set_dtype(self.linear.weight.dtype)
+            .set_dtype(self.eval_dtype)
             for _ in range(2)
         )
         for x, y in batches:

@@ -80,6 +80,16 @@ def claim_run_folder(
     return Path(save_dir) / name / folder
 
 
+def first_missing(path: Path) -> Path | None:
+    """The outermost folder of ``path`` that does not exist yet (``path`` itself, or a parent)."""
+    missing = None
+    for folder in (path, *path.parents):
+        if folder.exists():
+            return missing
+        missing = folder
+    return missing
+
+
 def logger_version(folder: Path) -> int | str:
     """The ``version`` argument that makes a logger write into ``folder``."""
     number = folder.name[len(VERSION_PREFIX) :]
@@ -331,11 +341,23 @@ class RunResults(L.Callback):
             stopping.ensure_best_file(trainer, pl_module)
             stopping.finish(pl_module)
         datamodule = trainer.datamodule
+        splits = datamodule.splits()
+        # Lightning's teardown has moved the model to the CPU; the splits stay where the
+        # evaluations read them, and the measurement happens there, as they did.
+        where, device = pl_module.device, splits["train"].tensors[0].device
+        pl_module.to(device)
         results: dict[str, Any] = {}
-        for stage, split in datamodule.splits().items():
-            loss, accuracy = pl_module.measure(datamodule.eval_batches(split))
-            results[f"{stage}/loss"], results[f"{stage}/acc"] = loss, accuracy
-        results["weight_norm"] = float(pl_module.linear.weight.detach().norm())
+        try:
+            for stage, split in splits.items():
+                # As the evaluation loop passes them on: in 16-true or bf16-true, say,
+                # the pixels in that dtype.
+                batches = [trainer.precision_plugin.convert_input(batch)
+                           for batch in datamodule.eval_batches(split)]  # fmt: skip
+                loss, accuracy = pl_module.measure(batches)
+                results[f"{stage}/loss"], results[f"{stage}/acc"] = loss, accuracy
+            results["weight_norm"] = float(pl_module.linear.weight.detach().norm())
+        finally:
+            pl_module.to(where)
         results.update(
             best_epoch=None if stopping is None else stopping.best_epoch,
             stopped_epoch=None if stopping is None else stopping.stopped_epoch,
