@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 python -m pip download --quiet --dest .whl --only-binary=:all: --python-version 3.12 \
     --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
     "jsonargparse[signatures]>=4.53.0" "pytest>=8.0"
-python -c "from mnist_linear.mnist_files import ensure_mnist; ensure_mnist('.whl/data')"
+PYTHONPATH="$PWD/src" python -c \
+    "from mnist_linear.mnist_files import ensure_mnist; ensure_mnist('.whl/data')"
 rm -f .whl/data/MNIST/raw/.verified.json  # another machine hashes the files itself
 du -sh .whl
