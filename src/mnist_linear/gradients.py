@@ -47,17 +47,17 @@ def cross_entropy_terms(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The mean of :func:`cross_entropy` over the batch, and the error P - T.
 
-    Four operations in either case, as this runs on every training step: torch's own
-    stable binary cross-entropy with logits, or ``nll_loss`` of ``log_softmax`` whose
-    exponential, P, becomes P - T by adding -1 at each target.
+    Binary: torch's stable binary cross-entropy with logits, and sigmoid(z) - t.
+    Softmax: ``nll_loss`` of ``log_softmax(z)``, and softmax(z) - one_hot(t), with the
+    softmax taken as the exponential of that same ``log_softmax``.
     """
     if z.shape[1] == 1:
         t = targets.to(z.dtype)
         loss = F.binary_cross_entropy_with_logits(z[:, 0], t)
-        return loss, torch.sigmoid(z).sub_(t[:, None])
+        return loss, torch.sigmoid(z) - t[:, None]
     log_p = torch.log_softmax(z, dim=1)
     loss = F.nll_loss(log_p, targets)
-    return loss, log_p.exp_().scatter_(1, targets[:, None], -1.0, reduce="add")
+    return loss, log_p.exp() - F.one_hot(targets, z.shape[1]).to(z.dtype)
 
 
 def probabilities(z: torch.Tensor) -> torch.Tensor:
