@@ -216,7 +216,10 @@ class LinearClassifier(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self.log("weight_norm", self.linear.weight.detach().norm(), sync_dist=True)
-        if self.trainer.state.fn == "fit":  # evaluations plotted against SGD steps, not blocks
+        if self.trainer.state.fn == "fit":
+            # A logged "step" is not a tag: Lightning takes it as the x-axis value of this
+            # evaluation's scalars, so TensorBoard plots them against SGD steps, not blocks
+            # (and, given a step, adds no "epoch" tag).
             self.log("step", float(self.trainer.global_step))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
