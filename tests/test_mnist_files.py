@@ -43,13 +43,21 @@ def test_torchvision_reads_the_built_files(mnist_root: Path) -> None:
     assert test.targets[:5].tolist() == [7, 2, 1, 0, 4]
 
 
-def test_truncated_file_is_detected_and_rebuilt(mnist_copy: Path) -> None:
+def test_truncated_file_is_detected_and_rebuilt_saying_so_once(
+    mnist_copy: Path, capsys: pytest.CaptureFixture
+) -> None:
     path = raw_folder(mnist_copy) / "train-images-idx3-ubyte"
     with open(path, "r+b") as f:
         f.truncate(1000)
     assert [raw.name for raw in mnist_files.bad_files(path.parent)] == [path.name]
     ensure_mnist(mnist_copy)
     assert sha256_of(path) == RAW_FILES[0].sha256
+    said = capsys.readouterr().out.splitlines()
+    assert len(said) == 2, said
+    assert said[0].startswith(f"MNIST: 1 of the four raw files missing or corrupt in {path.parent}")
+    assert said[1].startswith("MNIST: built from ") and "verified by SHA-256 in" in said[1]
+    ensure_mnist(mnist_copy)  # nothing to build: nothing said
+    assert capsys.readouterr().out == ""
 
 
 def test_changed_byte_of_right_size_is_detected_despite_the_stamp(mnist_copy: Path) -> None:
