@@ -125,6 +125,9 @@ class MNISTLinearCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        # Nothing is logged per step (the evaluations are logged ten times an epoch), so no
+        # step interval applies; with 1, Lightning has no ten blocks < 50 steps to warn of.
+        parser.set_defaults({"trainer.log_every_n_steps": 1})
         # The assignment's rules, each a section of its own: --annealing.T, --early_stopping.*
         parser.add_lightning_class_args(LearningRateAnnealing, "annealing")
         parser.add_lightning_class_args(ValidationLossEarlyStopping, "early_stopping")

@@ -220,7 +220,7 @@ class LinearClassifier(L.LightningModule):
             # A logged "step" is not a tag: Lightning takes it as the x-axis value of this
             # evaluation's scalars, so TensorBoard plots them against SGD steps, not blocks
             # (and, given a step, adds no "epoch" tag).
-            self.log("step", float(self.trainer.global_step))
+            self.log("step", float(self.trainer.global_step), sync_dist=True)  # equal on all
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(
