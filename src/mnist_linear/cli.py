@@ -54,6 +54,11 @@ from mnist_linear.run import (
     run_folder_of,
     segments_of,
 )
+from mnist_linear.trainer_flags import (
+    TrainerFlagError,
+    check_evaluation_interval,
+    check_trainer_flags,
+)
 
 # The disk or the user's quota is full, or a file passed the size limit (ulimit -f): the
 # project's writes (files.atomic_write_bytes) name the file, which is all there is to say.
@@ -171,6 +176,10 @@ class MNISTLinearCLI(LightningCLI):
                     f"{where}{section} must be a mapping of its options, or left out, "
                     f"got {'null' if value is None else repr(value)}"
                 )
+        try:
+            check_trainer_flags(self.config.trainer.as_dict())
+        except TrainerFlagError as error:
+            raise UsageError(str(error)) from None
         ckpt_path = self.config.get("ckpt_path")
         if ckpt_path is not None:
             try:
@@ -436,6 +445,7 @@ def fit_and_report(cli: MNISTLinearCLI) -> dict[str, Any] | None:
     """
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
     datamodule.check_fits(trainer.world_size)  # before any process is started
+    check_evaluation_interval(trainer, *datamodule.training_blocks(trainer.world_size))
     threads = cli.config.get("threads")
     if threads is not None:  # Lightning's DDP leaves torch's threads alone when this is set
         os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -469,6 +479,9 @@ def fit_reporting_errors(cli: MNISTLinearCLI) -> None:
     except MisconfigurationException as error:  # a Trainer flag that cannot apply here
         cli.discard_run_folder()
         fail(one_line(str(error)), USAGE_ERROR)
+    except TrainerFlagError as error:
+        cli.discard_run_folder()
+        fail(str(error), USAGE_ERROR)
     except OSError as error:
         if error.errno not in NO_ROOM:
             raise
