@@ -429,3 +429,29 @@ def test_an_evaluation_interval_longer_than_an_epoch_is_refused_before_training(
         f"null; got {interval}"
     )
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([f"--trainer.default_root_dir={REPO / 'README.md'}"], "--trainer.default_root_dir "
+         f"must be a folder or a path where one can be made, got '{REPO / 'README.md'}' "
+         f"('{REPO / 'README.md'}' is not a folder)"),
+        (["--trainer.default_root_dir=/proc/x"], "--trainer.default_root_dir: cannot make a run "
+         "folder in /proc/x: No such file or directory"),
+        (["--trainer.logger=TensorBoardLogger", "--trainer.logger.save_dir=/proc/x"],
+         "--trainer.logger.save_dir: cannot make a run folder in /proc/x: No such file or "
+         "directory"),
+        (["--data.data_dir=/proc/foo"], "--data.data_dir must be a folder or a path where one "
+         "can be made, got '/proc/foo' (/proc/foo/MNIST/raw cannot be made: No such file or "
+         "directory)"),
+    ],
+)  # fmt: skip
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_an_output_folder_that_cannot_be_made_is_refused_naming_the_option(
+    args: list[str], message: str, tmp_path: Path, mnist_root: Path, capfd, monkeypatch
+) -> None:
+    monkeypatch.setattr("sys.argv", ["train.py"])
+    root = tmp_path / "root"
+    assert _refusal(args, root, mnist_root, capfd) == f"error: {message}"
+    assert not root.exists()  # nothing made, or what was made removed

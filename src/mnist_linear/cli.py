@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -36,8 +35,9 @@ from mnist_linear.callbacks import (
     WeightImageLogger,
 )
 from mnist_linear.data import MNISTSubsetDataModule, SplitTooSmallError
-from mnist_linear.errors import USAGE_ERROR, PositiveInt, Seed, fail
-from mnist_linear.mnist_files import MNISTFilesError
+from mnist_linear.errors import USAGE_ERROR, PositiveInt, Seed, check_folder, fail
+from mnist_linear.files import NO_ROOM
+from mnist_linear.mnist_files import DataFolderError, MNISTFilesError
 from mnist_linear.model import LinearClassifier
 from mnist_linear.run import (
     AtomicCheckpointIO,
@@ -59,10 +59,6 @@ from mnist_linear.trainer_flags import (
     check_evaluation_interval,
     check_trainer_flags,
 )
-
-# The disk or the user's quota is full, or a file passed the size limit (ulimit -f): the
-# project's writes (files.atomic_write_bytes) name the file, which is all there is to say.
-NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 def launched_as_rank_zero() -> bool:
@@ -180,6 +176,11 @@ class MNISTLinearCLI(LightningCLI):
             check_trainer_flags(self.config.trainer.as_dict())
         except TrainerFlagError as error:
             raise UsageError(str(error)) from None
+        for option, folder in self._output_folders():
+            try:
+                check_folder(option, str(folder))
+            except ValueError as error:
+                raise UsageError(str(error)) from None
         ckpt_path = self.config.get("ckpt_path")
         if ckpt_path is not None:
             try:
@@ -195,6 +196,22 @@ class MNISTLinearCLI(LightningCLI):
                     "run without --ckpt_path"
                 )
 
+    def _output_folders(self) -> list[tuple[str, Any]]:
+        """The options naming where the run writes, with their values: ``default_root_dir``
+        and a configured logger's ``save_dir``."""
+        folders = [("--trainer.default_root_dir", self.config.trainer.get("default_root_dir"))]
+        logger = self._configured_logger()
+        if logger is not None:
+            folders.append(("--trainer.logger.save_dir", logger.init_args.get("save_dir")))
+        return [(option, folder) for option, folder in folders if folder is not None]
+
+    def _configured_logger(self) -> Namespace | None:
+        """The first ``--trainer.logger`` when it is a TensorBoardLogger or a CSVLogger."""
+        loggers = self.config.trainer.logger
+        first = loggers[0] if isinstance(loggers, list) and loggers else loggers
+        class_path = getattr(first, "class_path", None) or ""
+        return first if class_path.endswith(("TensorBoardLogger", "CSVLogger")) else None
+
     def settings(self) -> dict[str, str]:
         """The run's resolved settings, flattened, without the config files and checkpoint."""
         config = {
@@ -209,10 +226,8 @@ class MNISTLinearCLI(LightningCLI):
         sources = " ".join(str(path) for path in self.config.get("config") or [])
         header = f"# config: {sources}\n" if sources else ""  # for the report's titles
         self.config_text = header + self.parser.dump(config, skip_unset=False)
-        loggers = self.config.trainer.logger
-        first = loggers[0] if isinstance(loggers, list) and loggers else loggers
-        class_path = getattr(first, "class_path", None) or ""
-        if class_path.endswith(("TensorBoardLogger", "CSVLogger")) and launched_as_rank_zero():
+        first = self._configured_logger()
+        if first is not None and launched_as_rank_zero():
             init = first.init_args
             name = init.get("name") or "lightning_logs"
             resumed_in = self._resumed_in()
@@ -224,7 +239,9 @@ class MNISTLinearCLI(LightningCLI):
                 self.run_dir = resumed_in
             else:
                 self.made = first_missing(Path(init.save_dir, name))
-                self.run_dir = claim_run_folder(init.save_dir, name, init.get("version"))
+                self.run_dir = claim_or_refuse(
+                    "--trainer.logger.save_dir", init.save_dir, name, init.get("version")
+                )
                 self.claimed = init.get("version") is None
             init.version = logger_version(self.run_dir)
 
@@ -301,7 +318,8 @@ class MNISTLinearCLI(LightningCLI):
             self.run_dir = resumed_in
         elif launched_as_rank_zero():  # rank zero's folder reaches the others through Lightning
             self.made = first_missing(Path(root, "lightning_logs"))
-            self.run_dir, self.claimed = claim_run_folder(root), True
+            self.run_dir = claim_or_refuse("--trainer.default_root_dir", root)
+            self.claimed = True
         if logger is False:
             return {} if self.run_dir is None else {"default_root_dir": str(self.run_dir)}
         run = self.run_dir or Path(root, "lightning_logs", "unclaimed")
@@ -333,6 +351,21 @@ class MNISTLinearCLI(LightningCLI):
                 f"--ckpt_path: {self.config.ckpt_path} holds weights of shapes {saved}, "
                 f"this model has {shapes}"
             )
+
+
+def claim_or_refuse(
+    option: str, save_dir: str | os.PathLike, name: str = "lightning_logs", version: Any = None
+) -> Path:
+    """:func:`claim_run_folder`; a folder that cannot be made there is bad input (``option``)."""
+    try:
+        return claim_run_folder(save_dir, name, version)
+    except OSError as error:
+        if error.errno in NO_ROOM:
+            raise
+        where = error.filename or Path(save_dir, name)
+        raise UsageError(
+            f"{option}: cannot make a run folder in {where}: {error.strerror}"
+        ) from None
 
 
 CLI_KWARGS: dict[str, Any] = dict(
@@ -464,6 +497,16 @@ def make_cli(args: Sequence[str] | None = None) -> MNISTLinearCLI:
         return MNISTLinearCLI(LinearClassifier, MNISTSubsetDataModule, args=args, **CLI_KWARGS)
     except UsageError as error:
         fail(str(error), USAGE_ERROR)
+    except OSError as error:  # claiming the run folder
+        if error.errno not in NO_ROOM:
+            raise
+        fail(no_room(error), 1)
+
+
+def no_room(error: OSError, run_dir: Path | None = None) -> str:
+    """The one line for a write that found no room: the file and the system's message."""
+    where = error.filename or f"into {run_dir or 'the run folder'}"  # a library's write
+    return f"cannot write {where}: {error.strerror}"
 
 
 def fit_reporting_errors(cli: MNISTLinearCLI) -> None:
@@ -471,6 +514,9 @@ def fit_reporting_errors(cli: MNISTLinearCLI) -> None:
     try:
         fit_and_report(cli)
     except SplitTooSmallError as error:
+        cli.discard_run_folder()
+        fail(f"--data.{error}", USAGE_ERROR)
+    except DataFolderError as error:
         cli.discard_run_folder()
         fail(f"--data.{error}", USAGE_ERROR)
     except MNISTFilesError as error:
@@ -485,8 +531,8 @@ def fit_reporting_errors(cli: MNISTLinearCLI) -> None:
     except OSError as error:
         if error.errno not in NO_ROOM:
             raise
-        where = error.filename or f"into {cli.run_dir or 'the run folder'}"  # a library's write
-        fail(f"cannot write {where}: {error.strerror}", 1)
+        cli.discard_run_folder()  # unless it holds a checkpoint to resume from
+        fail(no_room(error, cli.run_dir), 1)
 
 
 def main(args: Sequence[str] | None = None) -> None:
