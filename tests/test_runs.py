@@ -406,7 +406,13 @@ def test_a_damaged_checkpoint_is_refused_in_one_line(
 def test_an_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path: Path) -> None:
     io = AtomicCheckpointIO()
     path = tmp_path / "last.ckpt"
-    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "global_step": 1, "epoch": 0}, path)
+    saved = {
+        "state_dict": {"w": torch.ones(3)},
+        "global_step": 1,
+        "epoch": 0,
+        "optimizer_states": [],
+    }
+    io.save_checkpoint(saved, path)
 
     class Interrupted(Exception):
         pass

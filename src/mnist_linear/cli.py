@@ -48,9 +48,12 @@ from mnist_linear.run import (
     claim_run_folder,
     first_missing,
     flat_settings,
+    holds_a_run,
     logger_version,
+    named_run_folder,
     read_checkpoint,
     refused_changes,
+    refused_shortening,
     run_folder_of,
     segments_of,
 )
@@ -187,14 +190,26 @@ class MNISTLinearCLI(LightningCLI):
                 self.checkpoint = read_checkpoint(ckpt_path)
             except CheckpointError as error:
                 raise UsageError(f"--ckpt_path: {error}") from None
-            changes = refused_changes(self.checkpoint, self.settings())
-            if changes:
-                listed = ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changes.items())
-                raise UsageError(
-                    f"--ckpt_path: a resume continues the checkpoint's run, which had other "
-                    f"settings: {listed}; resume with the checkpoint's settings, or start a new "
-                    "run without --ckpt_path"
-                )
+
+    def check_resume(self) -> None:
+        """Refuse a resume that would change the checkpoint's run, or shorten it.
+
+        Called once the seed is resolved, so that ``--seed_everything true`` compares as
+        the seed it stands for.
+        """
+        if self.checkpoint is None:
+            return
+        changes = refused_changes(self.checkpoint, self.settings())
+        if changes:
+            listed = ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changes.items())
+            raise UsageError(
+                f"--ckpt_path: a resume continues the checkpoint's run, which had other "
+                f"settings: {listed}; resume with the checkpoint's settings, or start a new "
+                "run without --ckpt_path"
+            )
+        shortening = refused_shortening(self.checkpoint, self.config.trainer.as_dict())
+        if shortening:
+            raise UsageError(shortening)
 
     def _output_folders(self) -> list[tuple[str, Any]]:
         """The options naming where the run writes, with their values: ``default_root_dir``
@@ -220,7 +235,8 @@ class MNISTLinearCLI(LightningCLI):
         return flat_settings(config)
 
     def before_instantiate_classes(self) -> None:
-        """Keep the config as given, then claim the run folder of a configured logger."""
+        """Check a resume, keep the config as given, claim the run folder of a configured logger."""
+        self.check_resume()
         config = self.config.clone()
         config.ckpt_path = None  # a rerun with --config starts afresh
         sources = " ".join(str(path) for path in self.config.get("config") or [])
@@ -230,19 +246,30 @@ class MNISTLinearCLI(LightningCLI):
         if first is not None and launched_as_rank_zero():
             init = first.init_args
             name = init.get("name") or "lightning_logs"
+            version = init.get("version")
             resumed_in = self._resumed_in()
             if (
-                init.get("version") is None
+                version is None
                 and resumed_in is not None
                 and (resumed_in.parent == Path(init.save_dir, name).resolve())
             ):  # resumed inside this logger's own folder: continue there
                 self.run_dir = resumed_in
             else:
-                self.made = first_missing(Path(init.save_dir, name))
-                self.run_dir = claim_or_refuse(
-                    "--trainer.logger.save_dir", init.save_dir, name, init.get("version")
+                if version is not None:
+                    folder = named_run_folder(init.save_dir, name, version)
+                    if holds_a_run(folder) and folder.resolve() != resumed_in:
+                        raise UsageError(
+                            f"--trainer.logger.version {version}: {folder} holds another run "
+                            "(its config.yaml, checkpoints or results.json), and a run never "
+                            "writes into another run's folder; resume that run with --ckpt_path "
+                            f"{folder / 'checkpoints' / 'last.ckpt'}, or give another version"
+                        )
+                    self.made = first_missing(folder)
+                else:
+                    self.made = first_missing(Path(init.save_dir, name))
+                self.run_dir, self.claimed = claim_or_refuse(
+                    "--trainer.logger.save_dir", init.save_dir, name, version
                 )
-                self.claimed = init.get("version") is None
             init.version = logger_version(self.run_dir)
 
     def _resumed_in(self) -> Path | None:
@@ -253,7 +280,8 @@ class MNISTLinearCLI(LightningCLI):
         """Remove the folder this process claimed for a run that was refused before training.
 
         Only a folder it created itself and that holds no checkpoint: never a resumed
-        run's folder, never one named by ``--trainer.logger.version``. The folders made
+        run's folder, never one named by ``--trainer.logger.version`` that was there
+        before (a sweep's). The folders made
         to hold it (``lightning_logs``, a new ``default_root_dir``) go too, if empty.
         """
         run, claimed, self.claimed = self.run_dir, self.claimed, False
@@ -318,8 +346,7 @@ class MNISTLinearCLI(LightningCLI):
             self.run_dir = resumed_in
         elif launched_as_rank_zero():  # rank zero's folder reaches the others through Lightning
             self.made = first_missing(Path(root, "lightning_logs"))
-            self.run_dir = claim_or_refuse("--trainer.default_root_dir", root)
-            self.claimed = True
+            self.run_dir, self.claimed = claim_or_refuse("--trainer.default_root_dir", root)
         if logger is False:
             return {} if self.run_dir is None else {"default_root_dir": str(self.run_dir)}
         run = self.run_dir or Path(root, "lightning_logs", "unclaimed")
@@ -355,7 +382,7 @@ class MNISTLinearCLI(LightningCLI):
 
 def claim_or_refuse(
     option: str, save_dir: str | os.PathLike, name: str = "lightning_logs", version: Any = None
-) -> Path:
+) -> tuple[Path, bool]:
     """:func:`claim_run_folder`; a folder that cannot be made there is bad input (``option``)."""
     try:
         return claim_run_folder(save_dir, name, version)
@@ -389,7 +416,7 @@ class _CheckOnly(MNISTLinearCLI):
     """Parse and run the constructors, the Trainer's among them, claiming no run folder."""
 
     def before_instantiate_classes(self) -> None:
-        pass
+        self.check_resume()
 
     def _run_folder(self, trainer_config: dict[str, Any]) -> dict[str, Any]:
         return {"logger": False}  # a logger would name a folder; nothing is written here
