@@ -545,3 +545,22 @@ def test_a_read_only_data_folder_missing_a_file_ends_in_one_line_and_leaves_no_r
         "system): copy the four files into it, or use a data_dir where they can be built"
     )
     assert not root.exists()
+
+
+@pytest.mark.parametrize(
+    "flags, reason",
+    [(["--trainer.max_epochs=2"], "max_epochs reached"),
+     (["--trainer.max_steps=5"], "max_steps reached"),
+     (["--trainer.max_time=00:00:00:01", "--trainer.max_epochs=100000",
+       "--early_stopping.patience=100000", "--model.learning_rate=0.01"], "max_time reached")],
+)  # fmt: skip
+def test_the_stop_reason_names_the_limit_that_ended_training(
+    flags: list[str], reason: str, tmp_path: Path, mnist_root: Path, monkeypatch, capfd
+) -> None:
+    monkeypatch.setattr("sys.argv", ["train.py"])
+    assert _main(flags, tmp_path, mnist_root) == 0
+    results = read_results(tmp_path)
+    assert results["stop_reason"] == reason
+    assert f"({reason}) after {results['global_step']} steps" in capfd.readouterr().out
+    if reason == "max_time reached":
+        assert results["stopped_epoch"] < 100000 - 1

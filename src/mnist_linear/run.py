@@ -389,7 +389,7 @@ class RunResults(L.Callback):
         )
         if stopping is not None:  # also when a resumed run had no epoch left to train
             stopping.ensure_best_file(trainer, pl_module)
-            stopping.finish(pl_module)
+            stopping.finish(trainer, pl_module)
         datamodule = trainer.datamodule
         splits = datamodule.splits()
         # Lightning's teardown has moved the model to the CPU; the splits stay where the
