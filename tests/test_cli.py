@@ -455,3 +455,29 @@ def test_an_output_folder_that_cannot_be_made_is_refused_naming_the_option(
     root = tmp_path / "root"
     assert _refusal(args, root, mnist_root, capfd) == f"error: {message}"
     assert not root.exists()  # nothing made, or what was made removed
+
+
+REFUSED_AT = {
+    "parsing": "--model.learning_rate=inf",
+    "a constructor": "--model.nesterov=true",
+    "the Trainer": "--trainer.max_epochs=-2",
+    "fit": "--data.val_size=1",
+}
+LOGGERS = {
+    "default": [],
+    "configured": ["--trainer.logger=TensorBoardLogger", "--trainer.logger.save_dir={root}/a/b"],
+    "versioned": ["--trainer.logger=CSVLogger", "--trainer.logger.save_dir={root}/a/b",
+                  "--trainer.logger.version=named"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("stage", REFUSED_AT)
+@pytest.mark.parametrize("logger", LOGGERS)
+def test_a_refused_run_leaves_no_folder_it_made(
+    stage: str, logger: str, tmp_path: Path, mnist_root: Path, capfd, monkeypatch
+) -> None:
+    monkeypatch.setattr("sys.argv", ["train.py"])
+    root = tmp_path / "root"  # made by nobody yet: the run would make it
+    args = [arg.format(root=root) for arg in LOGGERS[logger]]
+    _refusal([*args, REFUSED_AT[stage]], root, mnist_root, capfd)
+    assert not root.exists()

@@ -276,3 +276,30 @@ def test_seed_everything_true_resumes_as_the_seed_it_stood_for(
     segments = json.loads((folder / "segments.json").read_text())
     assert segments[1]["changed"] == {"trainer.max_epochs": ["1", "2"]}
     assert yaml.safe_load((folder / "config.yaml").read_text())["seed_everything"] == 0
+
+
+def test_a_resume_in_a_new_folder_that_finds_no_better_epoch_still_holds_the_best_checkpoint(
+    tmp_path: Path, mnist_root: Path
+) -> None:
+    # At a constant rate of 1.0 the validation loss of these 2000 images falls in epoch 2
+    # and rises in epoch 3 (0.099, then 0.115): the resumed epoch finds no better one.
+    run = (*SMALL, "--model.learning_rate=1.0", "--annealing.T=null",
+           "--early_stopping.patience=10")  # fmt: skip
+    first = run_train(*run, "--trainer.max_epochs=3", root=tmp_path / "first", mnist=mnist_root)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (original,) = (run_dir(tmp_path / "first") / "checkpoints").glob("best-*.ckpt")
+    copy = _copy_last(run_dir(tmp_path / "first"), tmp_path)
+    root = tmp_path / "resumed"
+    done = run_train(*run, "--trainer.max_epochs=4", f"--ckpt_path={copy}", root=root,
+                     mnist=mnist_root)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    last = torch.load(run_dir(root) / "checkpoints" / "last.ckpt", weights_only=True)
+    (state,) = [v for k, v in last["callbacks"].items() if k.startswith("ValidationLoss")]
+    assert len(state["history"]) == 4 and state["best_epoch"] == 2  # trained, no new best
+    (best,) = (run_dir(root) / "checkpoints").glob("best-*.ckpt")
+    assert best.name == original.name == "best-epoch=2-step=27.ckpt"
+    expected = torch.load(original, weights_only=True)["state_dict"]
+    got = torch.load(best, weights_only=True)["state_dict"]
+    assert expected.keys() == got.keys()
+    for key, value in expected.items():
+        assert torch.equal(got[key], value), key
