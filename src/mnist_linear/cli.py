@@ -124,7 +124,8 @@ class MNISTLinearCLI(LightningCLI):
             type=bool | Seed,
             default=self.seed_everything_default,
             help="Seed of seed_everything, from 0 to 2**32 - 1, set before the classes are "
-            "made; true for a random seed, false for none.",
+            "made; false for none; true lets Lightning choose, which in Lightning 2.6 is the "
+            "PL_GLOBAL_SEED environment variable if set, else 0 (config.yaml records it).",
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
