@@ -49,6 +49,9 @@ def _trainer(**overrides) -> SimpleNamespace:
         checkpoint_callback=None,
         progress_bar_callback=None,
         fast_dev_run=False,
+        max_epochs=None,
+        max_steps=-1,
+        callbacks=[],
     )
     return SimpleNamespace(**{**fields, **overrides})
 
@@ -190,7 +193,7 @@ def test_a_nan_stop_mid_epoch_keeps_its_reason_and_adds_no_value() -> None:
             warnings.simplefilter("ignore", UserWarning)  # the NaN's own warning
             callback.on_validation_end(trainer, model)
     callback.on_train_epoch_end(trainer, model)
-    callback.finish(model)
+    callback.finish(trainer, model)
     assert callback.history == [0.5]  # epoch 1's value was its NaN, which stopped training
     assert callback.stopped_epoch == 1
     assert callback.stop_reason == "val/loss is nan at step 0: the learning rate is too high"
@@ -211,7 +214,7 @@ def test_the_stop_is_in_the_last_epoch_trained_not_the_last_evaluated() -> None:
     restored = ValidationLossEarlyStopping()
     restored.load_state_dict(callback.state_dict())
     restored.stopped_epoch = None  # as in a checkpoint saved before training ended
-    restored.finish(model)
+    restored.finish(trainer, model)
     assert restored.stopped_epoch == 2
 
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -366,3 +367,117 @@ def test_the_readme_logistic_row(mnist_root: Path, tmp_path: Path) -> None:
     assert round(100 * results["val/acc"], 2) == 96.91  # 408 of 421
     assert round(100 * results["test/acc"], 2) == 98.77  # 400 of 405
     assert round(results["val/loss"], 4) == 0.0867
+
+
+def _steps_an_epoch(mnist: Path, train_size: int, classes: list[int], batch_size: int) -> int:
+    """SGD steps of an epoch, counted from the raw label bytes (an 8-byte header, then digits)."""
+    raw = (mnist / "MNIST" / "raw" / "train-labels-idx1-ubyte").read_bytes()
+    digits = np.frombuffer(raw, dtype=np.uint8, offset=8)[:train_size]
+    return int(np.isin(digits, classes).sum()) // batch_size
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--trainer.check_val_every_n_epoch=0"], "--trainer.check_val_every_n_epoch must be "
+         "an integer >= 1 (evaluate every N epochs), or null, got 0"),
+        (["--trainer.check_val_every_n_epoch=-1"], "--trainer.check_val_every_n_epoch must be "
+         "an integer >= 1 (evaluate every N epochs), or null, got -1"),
+        (["--trainer.val_check_interval=0"], "--trainer.val_check_interval must be an integer "
+         ">= 1 (evaluate after every N training blocks), a fraction of an epoch in [0.0, 1.0] "
+         "or a duration DD:HH:MM:SS, got 0"),
+        (["--trainer.min_epochs=-1"], "--trainer.min_epochs must be an integer >= 0, or null, "
+         "got -1"),
+        (["--trainer.min_steps=-1"], "--trainer.min_steps must be an integer >= 0, or null, "
+         "got -1"),
+        (["--trainer.log_every_n_steps=-1"], "--trainer.log_every_n_steps must be an integer "
+         ">= 0 (0: no logging of training steps), or null, got -1"),
+        (["--trainer.num_sanity_val_steps=-2"], "--trainer.num_sanity_val_steps must be an "
+         "integer >= -1 (-1: every batch), or null, got -2"),
+    ],
+)  # fmt: skip
+def test_a_trainer_flag_lightning_would_fail_on_later_is_refused_up_front(
+    args: list[str], message: str, tmp_path: Path, mnist_root: Path, capfd, monkeypatch
+) -> None:
+    monkeypatch.setattr("sys.argv", ["train.py"])
+    assert _refusal(args, tmp_path, mnist_root, capfd) == f"error: {message}"
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "args, most, flag",
+    [(["--trainer.val_check_interval=100"], None, ""),
+     (["--trainer.val_check_interval=5", "--trainer.limit_train_batches=4"], 4,
+      ", 4 of them under --trainer.limit_train_batches 4"),
+     (["--trainer.val_check_interval=3", "--trainer.overfit_batches=2"], 2,
+      ", 2 of them under --trainer.overfit_batches 2")],
+)  # fmt: skip
+def test_an_evaluation_interval_longer_than_an_epoch_is_refused_before_training(
+    args: list[str], most: int | None, flag: str, tmp_path: Path, mnist_root: Path, capfd,
+    monkeypatch,
+) -> None:  # fmt: skip
+    monkeypatch.setattr("sys.argv", ["train.py"])
+    steps = _steps_an_epoch(mnist_root, 2000, [2, 3], 40)
+    blocks = min(10, steps)  # the config's evaluations_per_epoch, at most one per step
+    last = _refusal(["--data.train_size=2000", "--trainer.max_epochs=1", *args], tmp_path,
+                    mnist_root, capfd)  # fmt: skip
+    interval = args[0].split("=")[1]
+    assert last == (
+        f"error: --trainer.val_check_interval counts training blocks and must be at most "
+        f"{most or blocks}, the blocks of an epoch ({blocks}: --data.evaluations_per_epoch, at "
+        f"most one per step of the {steps}{flag}), unless --trainer.check_val_every_n_epoch is "
+        f"null; got {interval}"
+    )
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        ([f"--trainer.default_root_dir={REPO / 'README.md'}"], "--trainer.default_root_dir "
+         f"must be a folder or a path where one can be made, got '{REPO / 'README.md'}' "
+         f"('{REPO / 'README.md'}' is not a folder)"),
+        (["--trainer.default_root_dir=/proc/x"], "--trainer.default_root_dir: cannot make a run "
+         "folder in /proc/x: No such file or directory"),
+        (["--trainer.logger=TensorBoardLogger", "--trainer.logger.save_dir=/proc/x"],
+         "--trainer.logger.save_dir: cannot make a run folder in /proc/x: No such file or "
+         "directory"),
+        (["--data.data_dir=/proc/foo"], "--data.data_dir must be a folder or a path where one "
+         "can be made, got '/proc/foo' (/proc/foo/MNIST/raw cannot be made: No such file or "
+         "directory)"),
+    ],
+)  # fmt: skip
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="needs Linux's /proc")
+def test_an_output_folder_that_cannot_be_made_is_refused_naming_the_option(
+    args: list[str], message: str, tmp_path: Path, mnist_root: Path, capfd, monkeypatch
+) -> None:
+    monkeypatch.setattr("sys.argv", ["train.py"])
+    root = tmp_path / "root"
+    assert _refusal(args, root, mnist_root, capfd) == f"error: {message}"
+    assert not root.exists()  # nothing made, or what was made removed
+
+
+REFUSED_AT = {
+    "parsing": "--model.learning_rate=inf",
+    "a constructor": "--model.nesterov=true",
+    "the Trainer": "--trainer.max_epochs=-2",
+    "fit": "--data.val_size=1",
+}
+LOGGERS = {
+    "default": [],
+    "configured": ["--trainer.logger=TensorBoardLogger", "--trainer.logger.save_dir={root}/a/b"],
+    "versioned": ["--trainer.logger=CSVLogger", "--trainer.logger.save_dir={root}/a/b",
+                  "--trainer.logger.version=named"],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("stage", REFUSED_AT)
+@pytest.mark.parametrize("logger", LOGGERS)
+def test_a_refused_run_leaves_no_folder_it_made(
+    stage: str, logger: str, tmp_path: Path, mnist_root: Path, capfd, monkeypatch
+) -> None:
+    monkeypatch.setattr("sys.argv", ["train.py"])
+    root = tmp_path / "root"  # made by nobody yet: the run would make it
+    args = [arg.format(root=root) for arg in LOGGERS[logger]]
+    _refusal([*args, REFUSED_AT[stage]], root, mnist_root, capfd)
+    assert not root.exists()

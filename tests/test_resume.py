@@ -7,12 +7,15 @@ import json
 import shutil
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 import yaml
 from conftest import REPO, run_dir, run_train
 
 from mnist_linear.cli import main
+from mnist_linear.data import MNISTSubsetDataModule
+from mnist_linear.model import LinearClassifier
 
 SMALL = (f"--config={REPO / 'configs' / 'logistic.yaml'}", "--data.train_size=2000")  # 9 steps
 
@@ -177,3 +180,126 @@ def test_a_configured_logger_without_a_version_resumes_in_its_own_folder(
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["version_0"]
     results = json.loads((tmp_path / "mine" / "version_0" / "results.json").read_text())
     assert results["global_step"] == 18
+
+
+def _weights_only_by_lightning(mnist_root: Path, path: Path) -> None:
+    data = MNISTSubsetDataModule(data_dir=str(mnist_root), classes=[2, 3], train_size=2000)
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    trainer.fit(LinearClassifier(2, learning_rate=0.2), datamodule=data)
+    trainer.save_checkpoint(path, weights_only=True)
+
+
+@pytest.mark.parametrize("made_by", ["keys removed", "save_checkpoint(weights_only=True)"])
+def test_a_weights_only_checkpoint_is_refused_as_loadable_but_not_resumable(
+    made_by: str, two_epochs: Path, tmp_path: Path, mnist_root: Path, capsys, monkeypatch
+) -> None:
+    path = tmp_path / "weights.ckpt"
+    if made_by == "keys removed":
+        checkpoint = torch.load(two_epochs / "checkpoints" / "last.ckpt", weights_only=True)
+        for key in ("optimizer_states", "loops", "callbacks"):
+            del checkpoint[key]
+        torch.save(checkpoint, path)
+    else:
+        _weights_only_by_lightning(mnist_root, path)
+    root = tmp_path / "root"
+    code = _in_process([*SMALL, f"--data.data_dir={mnist_root}",
+                        f"--trainer.default_root_dir={root}", f"--ckpt_path={path}"],
+                       monkeypatch)  # fmt: skip
+    assert code == 2
+    assert capsys.readouterr().err == (
+        f"error: --ckpt_path: {path} holds weights only, without the optimizer's state: it can "
+        "be loaded with LinearClassifier.load_from_checkpoint, not resumed\n"
+    )
+    assert not root.exists()
+    assert LinearClassifier.load_from_checkpoint(path).linear.weight.shape == (1, 784)
+
+
+def test_a_logger_version_naming_another_run_is_refused_and_changes_nothing(
+    two_epochs: Path, mnist_root: Path, capsys, monkeypatch
+) -> None:
+    root = two_epochs.parents[1]
+    before = _snapshot(root)
+    code = _in_process([
+        *SMALL, "--trainer.max_epochs=1", "--model.learning_rate=0.05",
+        f"--data.data_dir={mnist_root}", f"--trainer.default_root_dir={root}",
+        "--trainer.logger=lightning.pytorch.loggers.TensorBoardLogger",
+        f"--trainer.logger.save_dir={root}", "--trainer.logger.version=0",
+    ], monkeypatch)  # fmt: skip
+    assert code == 2
+    assert capsys.readouterr().err == (
+        f"error: --trainer.logger.version 0: {two_epochs} holds another run (its config.yaml, "
+        "checkpoints or results.json), and a run never writes into another run's folder; "
+        f"resume that run with --ckpt_path {two_epochs / 'checkpoints' / 'last.ckpt'}, or give "
+        "another version\n"
+    )
+    assert _snapshot(root) == before
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [("--trainer.max_epochs=1", "--trainer.max_epochs must be at least 2 to resume this "
+      "checkpoint, which has reached epoch 1 (counted from 0): a resume may extend a run, not "
+      "shorten it; got 1"),
+     ("--trainer.max_steps=5", "--trainer.max_steps must be at least 18 to resume this "
+      "checkpoint, which has trained 18 steps: a resume may extend a run, not shorten it; got 5")],
+)  # fmt: skip
+def test_a_resume_may_extend_a_run_but_not_shorten_it(
+    flag: str, message: str, two_epochs: Path, mnist_root: Path, capsys, monkeypatch
+) -> None:
+    # two_epochs trained epochs 0 and 1, 9 steps each: 18 steps.
+    root = two_epochs.parents[1]
+    before = _snapshot(root)
+    last = two_epochs / "checkpoints" / "last.ckpt"
+    code = _in_process([*SMALL, flag, f"--data.data_dir={mnist_root}",
+                        f"--trainer.default_root_dir={root}", f"--ckpt_path={last}"],
+                       monkeypatch)  # fmt: skip
+    assert code == 2
+    assert capsys.readouterr().err == f"error: {message}\n"
+    assert _snapshot(root) == before  # config.yaml and results.json as they were
+
+
+def test_seed_everything_true_resumes_as_the_seed_it_stood_for(
+    tmp_path: Path, mnist_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Lightning 2.6's seed_everything(None), without PL_GLOBAL_SEED in the environment, sets 0.
+    monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
+    first = run_train(*SMALL, "--trainer.max_epochs=1", "--seed_everything=true", root=tmp_path,
+                      mnist=mnist_root)  # fmt: skip
+    assert first.returncode == 0, first.stderr[-3000:]
+    folder = run_dir(tmp_path)
+    assert yaml.safe_load((folder / "config.yaml").read_text())["seed_everything"] == 0
+    last = folder / "checkpoints" / "last.ckpt"
+    resumed = run_train(*SMALL, "--trainer.max_epochs=2", "--seed_everything=true",
+                        f"--ckpt_path={last}", root=tmp_path, mnist=mnist_root)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    segments = json.loads((folder / "segments.json").read_text())
+    assert segments[1]["changed"] == {"trainer.max_epochs": ["1", "2"]}
+    assert yaml.safe_load((folder / "config.yaml").read_text())["seed_everything"] == 0
+
+
+def test_a_resume_in_a_new_folder_that_finds_no_better_epoch_still_holds_the_best_checkpoint(
+    tmp_path: Path, mnist_root: Path
+) -> None:
+    # At a constant rate of 1.0 the validation loss of these 2000 images falls in epoch 2
+    # and rises in epoch 3 (0.099, then 0.115): the resumed epoch finds no better one.
+    run = (*SMALL, "--model.learning_rate=1.0", "--annealing.T=null",
+           "--early_stopping.patience=10")  # fmt: skip
+    first = run_train(*run, "--trainer.max_epochs=3", root=tmp_path / "first", mnist=mnist_root)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (original,) = (run_dir(tmp_path / "first") / "checkpoints").glob("best-*.ckpt")
+    copy = _copy_last(run_dir(tmp_path / "first"), tmp_path)
+    root = tmp_path / "resumed"
+    done = run_train(*run, "--trainer.max_epochs=4", f"--ckpt_path={copy}", root=root,
+                     mnist=mnist_root)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    last = torch.load(run_dir(root) / "checkpoints" / "last.ckpt", weights_only=True)
+    (state,) = [v for k, v in last["callbacks"].items() if k.startswith("ValidationLoss")]
+    assert len(state["history"]) == 4 and state["best_epoch"] == 2  # trained, no new best
+    (best,) = (run_dir(root) / "checkpoints").glob("best-*.ckpt")
+    assert best.name == original.name == "best-epoch=2-step=27.ckpt"
+    expected = torch.load(original, weights_only=True)["state_dict"]
+    got = torch.load(best, weights_only=True)["state_dict"]
+    assert expected.keys() == got.keys()
+    for key, value in expected.items():
+        assert torch.equal(got[key], value), key

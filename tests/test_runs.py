@@ -272,10 +272,11 @@ def test_a_write_that_finds_no_room_is_one_line_naming_the_file_and_exit_code_1(
     assert done.returncode == 1, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
-    checkpoints = run_dir(tmp_path) / "checkpoints"
+    checkpoints = tmp_path / "lightning_logs" / "version_0" / "checkpoints"
     assert last.startswith(f"error: cannot write {checkpoints}{os.sep}"), last
     assert last.endswith(f".ckpt: {os.strerror(errno.EFBIG)}"), last
-    assert not list(checkpoints.glob(".*.tmp"))  # the partial file is gone
+    # The folder it claimed held no checkpoint to resume from: nothing is left of the run.
+    assert not (tmp_path / "lightning_logs").exists()
 
 
 def test_hparams_yaml_is_written_by_a_rename_inside_the_run_folder(tmp_path: Path) -> None:
@@ -405,7 +406,13 @@ def test_a_damaged_checkpoint_is_refused_in_one_line(
 def test_an_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path: Path) -> None:
     io = AtomicCheckpointIO()
     path = tmp_path / "last.ckpt"
-    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "global_step": 1, "epoch": 0}, path)
+    saved = {
+        "state_dict": {"w": torch.ones(3)},
+        "global_step": 1,
+        "epoch": 0,
+        "optimizer_states": [],
+    }
+    io.save_checkpoint(saved, path)
 
     class Interrupted(Exception):
         pass
@@ -514,3 +521,46 @@ def test_split_accuracy_script_reads_both_kinds_of_checkpoint(
     rows = dict(line.rsplit(maxsplit=1) for line in capsys.readouterr().out.strip().splitlines())
     validation = float(rows["validation split, train[2000:4000]"].rstrip("%"))
     assert validation == pytest.approx(100 * read_results(tmp_path)["val/acc"], abs=0.01)
+
+
+def test_a_read_only_data_folder_missing_a_file_ends_in_one_line_and_leaves_no_run_folder(
+    mnist_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd
+) -> None:
+    from mnist_linear import mnist_files
+
+    monkeypatch.setattr("sys.argv", ["train.py"])
+    folder = mnist_copy / "MNIST" / "raw"
+    (folder / "t10k-labels-idx1-ubyte").unlink()
+
+    def read_only(path: object, chunks: object) -> None:
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    monkeypatch.setattr(mnist_files, "atomic_write_bytes", read_only)
+    root = tmp_path / "root"
+    assert _main([], root, mnist_copy) == 1
+    err = capfd.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        f"error: {folder} lacks t10k-labels-idx1-ubyte and cannot be written (Read-only file "
+        "system): copy the four files into it, or use a data_dir where they can be built"
+    )
+    assert not root.exists()
+
+
+@pytest.mark.parametrize(
+    "flags, reason",
+    [(["--trainer.max_epochs=2"], "max_epochs reached"),
+     (["--trainer.max_steps=5"], "max_steps reached"),
+     (["--trainer.max_time=00:00:00:01", "--trainer.max_epochs=100000",
+       "--early_stopping.patience=100000", "--model.learning_rate=0.01"], "max_time reached")],
+)  # fmt: skip
+def test_the_stop_reason_names_the_limit_that_ended_training(
+    flags: list[str], reason: str, tmp_path: Path, mnist_root: Path, monkeypatch, capfd
+) -> None:
+    monkeypatch.setattr("sys.argv", ["train.py"])
+    assert _main(flags, tmp_path, mnist_root) == 0
+    results = read_results(tmp_path)
+    assert results["stop_reason"] == reason
+    assert f"({reason}) after {results['global_step']} steps" in capfd.readouterr().out
+    if reason == "max_time reached":
+        assert results["stopped_epoch"] < 100000 - 1

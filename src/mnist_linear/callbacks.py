@@ -9,7 +9,7 @@ from typing import Any, Literal, get_args
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks import Timer, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_only, rank_zero_warn
 from torchvision.utils import make_grid
@@ -245,19 +245,20 @@ class ValidationLossEarlyStopping(L.Callback):
             self._save_best(trainer, pl_module)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.finish(pl_module)
+        self.finish(trainer, pl_module)
 
-    def finish(self, pl_module: L.LightningModule) -> None:
-        """Name the stop if nothing stopped training early, and load the best weights back.
+    def finish(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Name the stop if early stopping did not stop training, and load the best weights back.
 
         The epoch of the stop is the last epoch trained (``None`` when none was), whether
-        or not it was evaluated. Called when training ends; also callable when Lightning
+        or not it was evaluated; the reason is the limit that ended training
+        (:func:`limit_reached`). Called when training ends; also callable when Lightning
         skips training altogether (a run resumed from the checkpoint of its last epoch),
         and harmless twice.
         """
         if self.stopped_epoch is None:
             self.stopped_epoch = self.trained_epoch
-            self.stop_reason = "max_epochs or max_steps reached"
+            self.stop_reason = limit_reached(trainer)
         if self.best_state is not None:
             pl_module.load_state_dict(self.best_state)
 
@@ -290,6 +291,27 @@ class ValidationLossEarlyStopping(L.Callback):
         self.stopped_epoch = state_dict["stopped_epoch"]
         self.stop_reason = state_dict["stop_reason"]
         self._latest = state_dict["latest"]
+
+
+def limit_reached(trainer: L.Trainer) -> str:
+    """What ended a training that early stopping did not stop, as ``results.json`` says it.
+
+    ``max_steps`` is an exact count and comes first; ``max_time`` is Lightning's ``Timer``
+    callback with no time remaining; then ``max_epochs``. Anything else set
+    ``trainer.should_stop`` (another callback), or the training had no batch to train.
+    """
+    if trainer.max_steps not in (None, -1) and trainer.global_step >= trainer.max_steps:
+        return "max_steps reached"
+    # Before max_epochs: an epoch the Timer ends early still counts as completed.
+    for callback in trainer.callbacks:
+        remaining = callback.time_remaining() if isinstance(callback, Timer) else None
+        if remaining is not None and remaining <= 0:
+            return "max_time reached"
+    if trainer.max_epochs not in (None, -1) and trainer.current_epoch >= trainer.max_epochs:
+        return "max_epochs reached"
+    if trainer.should_stop:
+        return "stopped by another callback (trainer.should_stop)"
+    return "training ended before any limit (no training batches)"
 
 
 def weight_tiles(weight: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -36,8 +35,9 @@ from mnist_linear.callbacks import (
     WeightImageLogger,
 )
 from mnist_linear.data import MNISTSubsetDataModule, SplitTooSmallError
-from mnist_linear.errors import USAGE_ERROR, PositiveInt, Seed, fail
-from mnist_linear.mnist_files import MNISTFilesError
+from mnist_linear.errors import USAGE_ERROR, PositiveInt, Seed, check_folder, fail
+from mnist_linear.files import NO_ROOM
+from mnist_linear.mnist_files import DataFolderError, MNISTFilesError
 from mnist_linear.model import LinearClassifier
 from mnist_linear.run import (
     AtomicCheckpointIO,
@@ -48,16 +48,20 @@ from mnist_linear.run import (
     claim_run_folder,
     first_missing,
     flat_settings,
+    holds_a_run,
     logger_version,
+    named_run_folder,
     read_checkpoint,
     refused_changes,
+    refused_shortening,
     run_folder_of,
     segments_of,
 )
-
-# The disk or the user's quota is full, or a file passed the size limit (ulimit -f): the
-# project's writes (files.atomic_write_bytes) name the file, which is all there is to say.
-NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+from mnist_linear.trainer_flags import (
+    TrainerFlagError,
+    check_evaluation_interval,
+    check_trainer_flags,
+)
 
 
 def launched_as_rank_zero() -> bool:
@@ -120,7 +124,8 @@ class MNISTLinearCLI(LightningCLI):
             type=bool | Seed,
             default=self.seed_everything_default,
             help="Seed of seed_everything, from 0 to 2**32 - 1, set before the classes are "
-            "made; true for a random seed, false for none.",
+            "made; false for none; true lets Lightning choose, which in Lightning 2.6 is the "
+            "PL_GLOBAL_SEED environment variable if set, else 0 (config.yaml records it).",
         )
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
@@ -174,20 +179,57 @@ class MNISTLinearCLI(LightningCLI):
                     f"{where}{section} must be a mapping of its options, or left out, "
                     f"got {'null' if value is None else repr(value)}"
                 )
+        try:
+            check_trainer_flags(self.config.trainer.as_dict())
+        except TrainerFlagError as error:
+            raise UsageError(str(error)) from None
+        for option, folder in self._output_folders():
+            try:
+                check_folder(option, str(folder))
+            except ValueError as error:
+                raise UsageError(str(error)) from None
         ckpt_path = self.config.get("ckpt_path")
         if ckpt_path is not None:
             try:
                 self.checkpoint = read_checkpoint(ckpt_path)
             except CheckpointError as error:
                 raise UsageError(f"--ckpt_path: {error}") from None
-            changes = refused_changes(self.checkpoint, self.settings())
-            if changes:
-                listed = ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changes.items())
-                raise UsageError(
-                    f"--ckpt_path: a resume continues the checkpoint's run, which had other "
-                    f"settings: {listed}; resume with the checkpoint's settings, or start a new "
-                    "run without --ckpt_path"
-                )
+
+    def check_resume(self) -> None:
+        """Refuse a resume that would change the checkpoint's run, or shorten it.
+
+        Called once the seed is resolved, so that ``--seed_everything true`` compares as
+        the seed it stands for.
+        """
+        if self.checkpoint is None:
+            return
+        changes = refused_changes(self.checkpoint, self.settings())
+        if changes:
+            listed = ", ".join(f"{key} {old} -> {new}" for key, (old, new) in changes.items())
+            raise UsageError(
+                f"--ckpt_path: a resume continues the checkpoint's run, which had other "
+                f"settings: {listed}; resume with the checkpoint's settings, or start a new "
+                "run without --ckpt_path"
+            )
+        shortening = refused_shortening(self.checkpoint, self.config.trainer.as_dict())
+        if shortening:
+            raise UsageError(shortening)
+
+    def _output_folders(self) -> list[tuple[str, Any]]:
+        """The options naming where the run writes, with their values: ``default_root_dir``
+        and a configured logger's ``save_dir``."""
+        folders = [("--trainer.default_root_dir", self.config.trainer.get("default_root_dir"))]
+        logger = self._configured_logger()
+        if logger is not None:
+            folders.append(("--trainer.logger.save_dir", logger.init_args.get("save_dir")))
+        return [(option, folder) for option, folder in folders if folder is not None]
+
+    def _configured_logger(self) -> Namespace | None:
+        """The first ``--trainer.logger`` when it is a TensorBoardLogger or a CSVLogger."""
+        loggers = self.config.trainer.logger
+        first = loggers[0] if isinstance(loggers, list) and loggers else loggers
+        class_path = getattr(first, "class_path", None) or ""
+        return first if class_path.endswith(("TensorBoardLogger", "CSVLogger")) else None
 
     def settings(self) -> dict[str, str]:
         """The run's resolved settings, flattened, without the config files and checkpoint."""
@@ -197,29 +239,41 @@ class MNISTLinearCLI(LightningCLI):
         return flat_settings(config)
 
     def before_instantiate_classes(self) -> None:
-        """Keep the config as given, then claim the run folder of a configured logger."""
+        """Check a resume, keep the config as given, claim the run folder of a configured logger."""
+        self.check_resume()
         config = self.config.clone()
         config.ckpt_path = None  # a rerun with --config starts afresh
         sources = " ".join(str(path) for path in self.config.get("config") or [])
         header = f"# config: {sources}\n" if sources else ""  # for the report's titles
         self.config_text = header + self.parser.dump(config, skip_unset=False)
-        loggers = self.config.trainer.logger
-        first = loggers[0] if isinstance(loggers, list) and loggers else loggers
-        class_path = getattr(first, "class_path", None) or ""
-        if class_path.endswith(("TensorBoardLogger", "CSVLogger")) and launched_as_rank_zero():
+        first = self._configured_logger()
+        if first is not None and launched_as_rank_zero():
             init = first.init_args
             name = init.get("name") or "lightning_logs"
+            version = init.get("version")
             resumed_in = self._resumed_in()
             if (
-                init.get("version") is None
+                version is None
                 and resumed_in is not None
                 and (resumed_in.parent == Path(init.save_dir, name).resolve())
             ):  # resumed inside this logger's own folder: continue there
                 self.run_dir = resumed_in
             else:
-                self.made = first_missing(Path(init.save_dir, name))
-                self.run_dir = claim_run_folder(init.save_dir, name, init.get("version"))
-                self.claimed = init.get("version") is None
+                if version is not None:
+                    folder = named_run_folder(init.save_dir, name, version)
+                    if holds_a_run(folder) and folder.resolve() != resumed_in:
+                        raise UsageError(
+                            f"--trainer.logger.version {version}: {folder} holds another run "
+                            "(its config.yaml, checkpoints or results.json), and a run never "
+                            "writes into another run's folder; resume that run with --ckpt_path "
+                            f"{folder / 'checkpoints' / 'last.ckpt'}, or give another version"
+                        )
+                    self.made = first_missing(folder)
+                else:
+                    self.made = first_missing(Path(init.save_dir, name))
+                self.run_dir, self.claimed = claim_or_refuse(
+                    "--trainer.logger.save_dir", init.save_dir, name, version
+                )
             init.version = logger_version(self.run_dir)
 
     def _resumed_in(self) -> Path | None:
@@ -230,7 +284,8 @@ class MNISTLinearCLI(LightningCLI):
         """Remove the folder this process claimed for a run that was refused before training.
 
         Only a folder it created itself and that holds no checkpoint: never a resumed
-        run's folder, never one named by ``--trainer.logger.version``. The folders made
+        run's folder, never one named by ``--trainer.logger.version`` that was there
+        before (a sweep's). The folders made
         to hold it (``lightning_logs``, a new ``default_root_dir``) go too, if empty.
         """
         run, claimed, self.claimed = self.run_dir, self.claimed, False
@@ -295,7 +350,7 @@ class MNISTLinearCLI(LightningCLI):
             self.run_dir = resumed_in
         elif launched_as_rank_zero():  # rank zero's folder reaches the others through Lightning
             self.made = first_missing(Path(root, "lightning_logs"))
-            self.run_dir, self.claimed = claim_run_folder(root), True
+            self.run_dir, self.claimed = claim_or_refuse("--trainer.default_root_dir", root)
         if logger is False:
             return {} if self.run_dir is None else {"default_root_dir": str(self.run_dir)}
         run = self.run_dir or Path(root, "lightning_logs", "unclaimed")
@@ -329,6 +384,21 @@ class MNISTLinearCLI(LightningCLI):
             )
 
 
+def claim_or_refuse(
+    option: str, save_dir: str | os.PathLike, name: str = "lightning_logs", version: Any = None
+) -> tuple[Path, bool]:
+    """:func:`claim_run_folder`; a folder that cannot be made there is bad input (``option``)."""
+    try:
+        return claim_run_folder(save_dir, name, version)
+    except OSError as error:
+        if error.errno in NO_ROOM:
+            raise
+        where = error.filename or Path(save_dir, name)
+        raise UsageError(
+            f"{option}: cannot make a run folder in {where}: {error.strerror}"
+        ) from None
+
+
 CLI_KWARGS: dict[str, Any] = dict(
     run=False,
     seed_everything_default=42,
@@ -350,7 +420,7 @@ class _CheckOnly(MNISTLinearCLI):
     """Parse and run the constructors, the Trainer's among them, claiming no run folder."""
 
     def before_instantiate_classes(self) -> None:
-        pass
+        self.check_resume()
 
     def _run_folder(self, trainer_config: dict[str, Any]) -> dict[str, Any]:
         return {"logger": False}  # a logger would name a folder; nothing is written here
@@ -439,6 +509,7 @@ def fit_and_report(cli: MNISTLinearCLI) -> dict[str, Any] | None:
     """
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
     datamodule.check_fits(trainer.world_size)  # before any process is started
+    check_evaluation_interval(trainer, *datamodule.training_blocks(trainer.world_size))
     threads = cli.config.get("threads")
     if threads is not None:  # Lightning's DDP leaves torch's threads alone when this is set
         os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -457,6 +528,16 @@ def make_cli(args: Sequence[str] | None = None) -> MNISTLinearCLI:
         return MNISTLinearCLI(LinearClassifier, MNISTSubsetDataModule, args=args, **CLI_KWARGS)
     except UsageError as error:
         fail(str(error), USAGE_ERROR)
+    except OSError as error:  # claiming the run folder
+        if error.errno not in NO_ROOM:
+            raise
+        fail(no_room(error), 1)
+
+
+def no_room(error: OSError, run_dir: Path | None = None) -> str:
+    """The one line for a write that found no room: the file and the system's message."""
+    where = error.filename or f"into {run_dir or 'the run folder'}"  # a library's write
+    return f"cannot write {where}: {error.strerror}"
 
 
 def fit_reporting_errors(cli: MNISTLinearCLI) -> None:
@@ -466,17 +547,23 @@ def fit_reporting_errors(cli: MNISTLinearCLI) -> None:
     except SplitTooSmallError as error:
         cli.discard_run_folder()
         fail(f"--data.{error}", USAGE_ERROR)
+    except DataFolderError as error:
+        cli.discard_run_folder()
+        fail(f"--data.{error}", USAGE_ERROR)
     except MNISTFilesError as error:
         cli.discard_run_folder()
         fail(str(error), 1)
     except MisconfigurationException as error:  # a Trainer flag that cannot apply here
         cli.discard_run_folder()
         fail(one_line(str(error)), USAGE_ERROR)
+    except TrainerFlagError as error:
+        cli.discard_run_folder()
+        fail(str(error), USAGE_ERROR)
     except OSError as error:
         if error.errno not in NO_ROOM:
             raise
-        where = error.filename or f"into {cli.run_dir or 'the run folder'}"  # a library's write
-        fail(f"cannot write {where}: {error.strerror}", 1)
+        cli.discard_run_folder()  # unless it holds a checkpoint to resume from
+        fail(no_room(error, cli.run_dir), 1)
 
 
 def main(args: Sequence[str] | None = None) -> None:

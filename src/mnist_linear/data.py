@@ -209,6 +209,22 @@ class MNISTSubsetDataModule(L.LightningDataModule):
             num_replicas,
         )
 
+    def training_blocks(self, num_replicas: int = 1) -> tuple[int, int]:
+        """``(blocks, steps)`` of a training epoch on ``num_replicas`` processes, from the labels.
+
+        ``steps`` is the training images kept // (``batch_size`` x ``num_replicas``), and
+        the loader yields ``evaluations_per_epoch`` blocks of them, at most one per step.
+        """
+        folder = ensure_mnist(self.data_dir)
+        digits = read_label_file(str(folder / "train-labels-idx1-ubyte")).long()[: self.train_size]
+        kept = (
+            len(digits)
+            if self.classes is None
+            else int(torch.isin(digits, torch.tensor(self.classes)).sum())
+        )
+        steps = kept // (self.batch_size * num_replicas)
+        return min(self.evaluations_per_epoch, steps), steps
+
     def _check_sizes(
         self, train_digits: torch.Tensor, test_digits: torch.Tensor, num_replicas: int
     ) -> None:

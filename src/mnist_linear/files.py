@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+
+# The disk or the user's quota is full, or a file passed the size limit (ulimit -f): not bad
+# input, and not a fault of the folder either.
+NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 def current_umask() -> int:

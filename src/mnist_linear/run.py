@@ -67,17 +67,39 @@ def claim_version(parent: str | os.PathLike) -> int:
             version += 1
 
 
-def claim_run_folder(
-    save_dir: str | os.PathLike, name: str = "lightning_logs", version: int | str | None = None
+def named_run_folder(
+    save_dir: str | os.PathLike, name: str = "lightning_logs", version: int | str = 0
 ) -> Path:
-    """``save_dir/name/version_N`` as a ``TensorBoardLogger`` or ``CSVLogger`` names it.
-
-    With ``version=None`` the next free N is claimed (:func:`claim_version`).
-    """
-    if version is None:
-        version = claim_version(Path(save_dir) / name)
+    """``save_dir/name/version_N`` (an int version) or ``save_dir/name/<version>`` (a str),
+    where a ``TensorBoardLogger`` or ``CSVLogger`` with that version writes."""
     folder = version if isinstance(version, str) else f"{VERSION_PREFIX}{version}"
     return Path(save_dir) / name / folder
+
+
+def claim_run_folder(
+    save_dir: str | os.PathLike, name: str = "lightning_logs", version: int | str | None = None
+) -> tuple[Path, bool]:
+    """The run folder a logger with ``version`` writes into, made if need be.
+
+    With ``version=None`` the next free N is claimed (:func:`claim_version`). Returns
+    the folder and whether this call made it (``False``: it was there, as a sweep's run
+    folder is).
+    """
+    if version is None:
+        return named_run_folder(save_dir, name, claim_version(Path(save_dir) / name)), True
+    folder = named_run_folder(save_dir, name, version)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir()
+    except FileExistsError:
+        return folder, False
+    return folder, True
+
+
+def holds_a_run(folder: Path) -> bool:
+    """Whether ``folder`` holds a run: its ``config.yaml``, ``results.json`` or a checkpoint."""
+    records = (folder / "config.yaml", folder / "results.json")
+    return any(path.is_file() for path in records) or any(folder.glob("checkpoints/*.ckpt"))
 
 
 def first_missing(path: Path) -> Path | None:
@@ -259,7 +281,35 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
     if missing:
         raise CheckpointError(f"{path} is not a Lightning checkpoint: it has no {missing[0]!r}")
+    if "optimizer_states" not in checkpoint:  # Lightning's save_checkpoint(weights_only=True)
+        raise CheckpointError(
+            f"{path} holds weights only, without the optimizer's state: it can be loaded with "
+            "LinearClassifier.load_from_checkpoint, not resumed"
+        )
     return checkpoint
+
+
+def refused_shortening(checkpoint: dict[str, Any], trainer: dict[str, Any]) -> str | None:
+    """Why a resume from ``checkpoint`` with the Trainer flags ``trainer`` would shorten the run.
+
+    A resume may extend a run, never shorten it: ``max_epochs`` must reach the epoch the
+    checkpoint is in (its ``epoch`` counts from 0) and ``max_steps`` its ``global_step``,
+    else ``config.yaml`` would record a length its checkpoints had already passed.
+    ``None`` (Lightning's default) and -1 (no limit) shorten nothing.
+    """
+    epochs, steps = int(checkpoint["epoch"]) + 1, int(checkpoint["global_step"])
+    reached = {
+        "max_epochs": (epochs, f"has reached epoch {epochs - 1} (counted from 0)"),
+        "max_steps": (steps, f"has trained {steps} steps"),
+    }
+    for flag, (least, why) in reached.items():
+        given = trainer.get(flag)
+        if given is not None and given != -1 and given < least:
+            return (
+                f"--trainer.{flag} must be at least {least} to resume this checkpoint, which "
+                f"{why}: a resume may extend a run, not shorten it; got {given}"
+            )
+    return None
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -339,7 +389,7 @@ class RunResults(L.Callback):
         )
         if stopping is not None:  # also when a resumed run had no epoch left to train
             stopping.ensure_best_file(trainer, pl_module)
-            stopping.finish(pl_module)
+            stopping.finish(trainer, pl_module)
         datamodule = trainer.datamodule
         splits = datamodule.splits()
         # Lightning's teardown has moved the model to the CPU; the splits stay where the
