@@ -310,11 +310,10 @@ def ensure_mnist(root: str | os.PathLike) -> Path:
     """
     folder = raw_folder(root)
     bad = bad_files(folder)
-    if bad:
-        _make_writable(Path(root), folder, {raw.name for raw in bad})
     tried = []
     started = time.perf_counter()
     if bad:
+        _make_writable(Path(root), folder, {raw.name for raw in bad})
         print(f"MNIST: {len(bad)} of the four raw files missing or corrupt in {folder}; "
               "building them...", flush=True)  # fmt: skip
     for name, source in SOURCES:
