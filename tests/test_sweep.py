@@ -195,20 +195,24 @@ def test_rerunning_trains_only_the_runs_without_results(
 def test_a_failed_run_does_not_stop_the_others(
     tmp_path: Path, mnist_root: Path, capsys: pytest.CaptureFixture, monkeypatch
 ) -> None:
-    # batch 1000 is larger than the 2-vs-3 split of 2000 images, which only the data tells:
-    # train.py refuses that run alone.
+    # Validating every second epoch without a sanity check, Lightning sets up the
+    # validation loader only after the first epoch: only the run finds that half of its
+    # one batch is none, and train.py refuses that run alone.
     command = [c for c in sweep_command(tmp_path, mnist_root) if c != "--seeds=2"]
-    command[command.index("--grid") + 1] = "data.batch_size=1000,40"
+    command[command.index("--grid") + 1] = "trainer.limit_val_batches=0.5,1.0"
+    every_second = ["--trainer.check_val_every_n_epoch=2", "--trainer.num_sanity_val_steps=0"]
     monkeypatch.chdir(REPO)
     with pytest.raises(SystemExit) as stop:
-        main([*command[3:-1], "--trainer.max_steps=3"])  # in this process; the runs in their own
+        main([*command[3:], *every_second])  # in this process; the runs in their own
     assert stop.value.code == 1
     out, err = capsys.readouterr()
-    assert err.strip().splitlines() == ["error: 1 run(s) failed: data.batch_size=1000"]
+    assert err.strip().splitlines() == ["error: 1 run(s) failed: trainer.limit_val_batches=0.5"]
     folder = tmp_path / "lightning_logs" / "logistic_l2"
-    results = json.loads((folder / "data.batch_size=40" / "results.json").read_text())
-    assert results["global_step"] == 3
+    results = json.loads((folder / "trainer.limit_val_batches=1.0" / "results.json").read_text())
+    assert results["stopped_epoch"] == 1  # both epochs trained
     assert "FAILED with exit code 2" in out
+    log = (folder / "trainer.limit_val_batches=0.5" / "train.log").read_text()
+    assert log.strip().splitlines()[-1].startswith("error: ") and "limit_val_batches" in log
     with open(folder / "summary.csv") as f:
         failed_row, row = csv.DictReader(f)
     assert (failed_row["runs"], failed_row["val/acc mean"]) == ("0", "")
@@ -279,6 +283,68 @@ def test_a_grid_point_a_constructor_refuses_is_refused_before_anything_trains(
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {named}"), lines
     assert list(tmp_path.iterdir()) == []  # no run folder, no MNIST file
+
+
+@pytest.mark.parametrize(
+    "grid, refused",
+    [
+        # Lightning's own check, at fit time: half of the one validation batch is none.
+        ("trainer.limit_val_batches=1.0,0.5", "trainer.limit_val_batches=0.5"),
+        # The 2s and 3s among the first validation image: none.
+        ("data.val_size=2000,1", "data.val_size=1"),
+        # More than the 2s and 3s among the 2,000 training images.
+        ("data.batch_size=40,1400", "data.batch_size=1400"),
+    ],
+)
+def test_a_grid_point_train_py_refuses_once_it_has_the_data_is_refused_before_anything_trains(
+    grid: str, refused: str, tmp_path: Path, mnist_root: Path, capsys, monkeypatch
+) -> None:
+    monkeypatch.chdir(REPO)
+    with pytest.raises(SystemExit) as stop:  # the accepted point comes first in the grid
+        main(["--grid", grid, f"--root_dir={tmp_path}", f"--data.data_dir={mnist_root}",
+              "--data.train_size=2000", "--trainer.max_epochs=1"])  # fmt: skip
+    assert stop.value.code == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: --grid {refused}: "), lines
+    option = refused.split("=")[0].rpartition(".")[2]
+    assert option in lines[0].removeprefix(f"error: --grid {refused}: ")  # the reason names it
+    assert out == "" and list(tmp_path.iterdir()) == []  # nothing trained, no folder
+
+
+def test_dry_run_refuses_what_the_sweep_refuses(
+    tmp_path: Path, mnist_root: Path, capsys, monkeypatch
+) -> None:
+    monkeypatch.chdir(REPO)
+    with pytest.raises(SystemExit) as stop:
+        main(["--grid", "data.batch_size=40,1400", f"--root_dir={tmp_path}", "--dry_run",
+              f"--data.data_dir={mnist_root}", "--data.train_size=2000"])  # fmt: skip
+    assert stop.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("error: --grid data.batch_size=1400: ")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "arguments, named",
+    [
+        (["--grid", "seed_everything=1,2"], "--grid seed_everything=1,2 with --seeds 2"),
+        (["--grid", "data.seed=1,2"], "--grid data.seed=1,2 with --seeds 2"),
+        (["--data.seed=3"], "--data.seed=3 with --seeds 2"),
+        (["--seed_everything", "3"], "--seed_everything with --seeds 2"),
+    ],
+)
+def test_a_seed_given_with_seeds_is_refused_not_overridden(
+    arguments: list[str], named: str, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    monkeypatch.chdir(REPO)
+    with pytest.raises(SystemExit) as stop:
+        main([*arguments, "--seeds=2", f"--root_dir={tmp_path}", "--dry_run"])
+    assert stop.value.code == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert out == "" and len(lines) == 1 and lines[0].startswith(f"error: {named}"), lines
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_typo_in_a_passed_through_argument_is_blamed_on_it(capsys, monkeypatch) -> None:

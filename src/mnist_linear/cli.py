@@ -335,24 +335,6 @@ CLI_KWARGS: dict[str, Any] = dict(
 )
 
 
-class _ParseOnly(MNISTLinearCLI):
-    def before_instantiate_classes(self) -> None:
-        pass
-
-    def instantiate_classes(self) -> None:
-        pass
-
-
-class _CheckOnly(MNISTLinearCLI):
-    """Parse and run the constructors, the Trainer's among them, claiming no run folder."""
-
-    def before_instantiate_classes(self) -> None:
-        pass
-
-    def _run_folder(self, trainer_config: dict[str, Any]) -> dict[str, Any]:
-        return {"logger": False}  # a logger would name a folder; nothing is written here
-
-
 def _not_a_tip(record: logging.LogRecord) -> bool:
     # Lightning prints an advertisement for a cloud logger on every run; this project is offline.
     return not str(record.msg).startswith("💡 Tip")
@@ -364,47 +346,6 @@ def _quiet_lightning() -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_a_tip)  # once
     # Lightning 2.6 calls a torch pytree API that torch 2.14 deprecates, on every run.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-
-
-def parse_only(args: Sequence[str]) -> Any:
-    """The config train.py would run with ``args``, instantiating nothing.
-
-    Raises :class:`UsageError`, with train.py's one-line message, where train.py would
-    refuse the arguments while parsing them.
-    """
-    _quiet_lightning()
-    argv, sys.argv = sys.argv, sys.argv[:1]  # Lightning warns when both hold arguments
-    try:
-        cli = _ParseOnly(LinearClassifier, MNISTSubsetDataModule, args=list(args), **CLI_KWARGS)
-    finally:
-        sys.argv = argv
-    return cli.config
-
-
-def check_only(args: Sequence[str]) -> None:
-    """Refuse ``args`` as train.py would before it trains, writing nothing and reading no data.
-
-    Parses the arguments and instantiates the model, the data module, the callbacks and
-    the Trainer, so that a constructor's own check (``nesterov`` without momentum, a
-    batch larger than ``train_size``) is caught too. Raises :class:`UsageError` with
-    train.py's one-line message. What needs the MNIST files (a training split of two
-    digits too small for one batch) is left to the run.
-    """
-    _quiet_lightning()
-    argv, sys.argv = sys.argv, sys.argv[:1]  # Lightning warns when both hold arguments
-    # The Trainer announces its devices, and sets torch's deterministic mode for the
-    # whole process: neither belongs to a check.
-    announcer = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    level = announcer.level
-    announcer.setLevel(logging.WARNING)
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    try:
-        _CheckOnly(LinearClassifier, MNISTSubsetDataModule, args=list(args), **CLI_KWARGS)
-    finally:
-        sys.argv = argv
-        announcer.setLevel(level)
-        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
 
 
 def hyperparameters(config: Any) -> dict[str, bool | float | int | str]:
