@@ -360,29 +360,97 @@ def test_a_typo_in_a_passed_through_argument_is_blamed_on_it(capsys, monkeypatch
 # --- Claims: one sweep trains a run ----------------------------------------------------
 
 
+def _started(pid: int) -> int:
+    """Field 22 of /proc/PID/stat: the process's start, in clock ticks since boot."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19])
+
+
 def test_a_run_is_claimed_once_and_a_stale_claim_is_taken_over(tmp_path: Path) -> None:
     guard, run, host = tmp_path / ".claims", tmp_path / "run", socket.gethostname()
+    me = f"{os.getpid()}@{host}:{_started(os.getpid())}"
     assert claim(run, guard) is None
-    assert (run / ".lock").read_text() == f"{os.getpid()}@{socket.gethostname()}\n"
+    assert (run / ".lock").read_text() == f"{me}\n"
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     try:
-        (run / ".lock").write_text(f"{live.pid}@{socket.gethostname()}\n")
-        assert claim(run, guard) == f"{live.pid}@{socket.gethostname()}"
+        (run / ".lock").write_text(f"{live.pid}@{host}:{_started(live.pid)}\n")
+        assert claim(run, guard) == f"{live.pid}@{host}:{_started(live.pid)}"
         release(run)  # not this process's claim: kept
-        assert (run / ".lock").read_text() == f"{live.pid}@{socket.gethostname()}\n"
+        assert (run / ".lock").read_text() == f"{live.pid}@{host}:{_started(live.pid)}\n"
         # A killed sweep's training, still running, holds the run.
-        (run / ".lock").write_text(f"{dead.pid}@{socket.gethostname()}\n{live.pid}@{host}\n")
+        (run / ".lock").write_text(f"{dead.pid}@{host}\n{live.pid}@{host}:{_started(live.pid)}\n")
         assert claim(run, guard) == f"{dead.pid}@{host}"
-        (run / ".lock").write_text(f"{dead.pid}@{socket.gethostname()}\n")
+        (run / ".lock").write_text(f"{dead.pid}@{host}\n")
         assert claim(run, guard) is None
-        assert (run / ".lock").read_text() == f"{os.getpid()}@{socket.gethostname()}\n"
+        assert (run / ".lock").read_text() == f"{me}\n"
     finally:
         live.kill()
         live.wait()
     release(run)
     assert not (run / ".lock").exists()
+
+
+@pytest.mark.parametrize("pid", [os.getppid(), 1], ids=["parent", "init"])
+def test_a_lock_naming_a_live_process_that_started_at_another_time_is_taken_over(
+    pid: int, tmp_path: Path
+) -> None:
+    # The PID was reused: the process that wrote the lock is gone.
+    guard, run, host = tmp_path / ".claims", tmp_path / "run", socket.gethostname()
+    run.mkdir()
+    (run / ".lock").write_text(f"{pid}@{host}:{_started(pid)}\n")
+    assert claim(run, guard) == f"{pid}@{host}:{_started(pid)}"  # the right time: alive
+    (run / ".lock").write_text(f"{pid}@{host}:{_started(pid) + 1}\n")
+    assert claim(run, guard) is None
+    assert (run / ".lock").read_text() == f"{os.getpid()}@{host}:{_started(os.getpid())}\n"
+
+
+def test_a_lock_without_start_times_holds_only_while_its_process_runs_python(
+    tmp_path: Path,
+) -> None:
+    guard, run, host = tmp_path / ".claims", tmp_path / "run", socket.gethostname()
+    run.mkdir()
+    python = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        (run / ".lock").write_text(f"{python.pid}@{host}\n")
+        assert claim(run, guard) == f"{python.pid}@{host}"  # maybe an older sweep: waited for
+        (run / ".lock").write_text(f"{other.pid}@{host}\n")
+        assert claim(run, guard) is None  # no sweep is a `sleep`: the PID was reused
+    finally:
+        for process in (python, other):
+            process.kill()
+            process.wait()
+
+
+def test_a_sweep_waits_for_a_lock_of_another_host_and_says_how_to_clear_it(
+    tmp_path: Path, mnist_root: Path
+) -> None:
+    run = _folder(tmp_path) / "model.l2_lambda=0"
+    run.mkdir(parents=True)
+    (run / ".lock").write_text(f"1234@elsewhere.{socket.gethostname()}:99\n")
+    command = [*sweep_command(tmp_path, mnist_root), "--trainer.max_steps=3"]
+    command[command.index("--grid") + 1] = "model.l2_lambda=0"
+    command.remove("--seeds=2")
+    sweep = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)  # fmt: skip
+    try:
+        line = sweep.stdout.readline()
+        while "waiting" not in line:
+            assert line, sweep.communicate()
+            line = sweep.stdout.readline()
+        assert line.startswith(
+            f"model.l2_lambda=0: being trained by PID 1234 on elsewhere.{socket.gethostname()} "
+        )
+        assert f"remove {run / '.lock'}" in line
+        time.sleep(1)
+        assert sweep.poll() is None and not (run / "results.json").exists()  # it waits
+        (run / ".lock").unlink()  # as the line says
+        out, err = sweep.communicate(timeout=120)
+    finally:
+        sweep.kill()
+    assert sweep.returncode == 0, out + err
+    assert "[1/1] model.l2_lambda=0: val/acc" in out and (run / "results.json").is_file()
 
 
 def test_two_sweeps_started_at_once_train_every_run_once(tmp_path: Path, mnist_root: Path) -> None:

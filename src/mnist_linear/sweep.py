@@ -50,7 +50,7 @@ from pathlib import Path
 
 from mnist_linear.errors import USAGE_ERROR, OneLineArgumentParser, fail
 from mnist_linear.files import atomic_write_text
-from mnist_linear.locks import LOCK, claim, holders, release, this_owner
+from mnist_linear.locks import LOCK, claim, describe, holders, release, this_owner
 from mnist_linear.workers import NOT_STARTED, fresh_state, train, worker_pool
 
 DEFAULT_GRID = "model.l2_lambda=0,0.0001,0.001,0.01"
@@ -358,8 +358,10 @@ def train_all(
                 if held_by is not None:
                     if run not in waiting:
                         waiting.add(run)
-                        print(f"{run.name}: being trained by PID {held_by} (another sweep); "
-                              "waiting for it.", flush=True)  # fmt: skip
+                        print(f"{run.name}: being trained by {describe(held_by)} (another "
+                              f"sweep); waiting for it. If no sweep runs there (one that "
+                              f"crashed on another host), remove {folder / LOCK} and this "
+                              "sweep trains it.", flush=True)  # fmt: skip
                     continue
                 todo.remove(run)
                 if results_of(folder) is not None:  # the other sweep finished it
