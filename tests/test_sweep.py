@@ -474,9 +474,14 @@ def test_two_sweeps_started_at_once_train_every_run_once(tmp_path: Path, mnist_r
     assert sum("trained by another sweep" in line for line in lines) == 2, outputs
 
 
-def test_ctrl_c_stops_the_trainings_and_a_rerun_finishes_them(
-    tmp_path: Path, mnist_root: Path, capsys, monkeypatch
+@pytest.mark.parametrize(
+    "signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"]
+)
+def test_a_signal_stops_the_trainings_and_a_rerun_finishes_them(
+    signum: int, code: int, tmp_path: Path, mnist_root: Path, capsys, monkeypatch
 ) -> None:
+    # SIGINT is Ctrl-C; SIGTERM, what a scheduler or `kill` sends. Either way each
+    # training gets SIGINT and stops as train.py does on Ctrl-C.
     command = [c for c in sweep_command(tmp_path, mnist_root) if c != "--seeds=2"]
     command[-1] = "--trainer.max_epochs=40"
     command.append("--early_stopping.patience=40")
@@ -488,9 +493,9 @@ def test_ctrl_c_stops_the_trainings_and_a_rerun_finishes_them(
         assert time.monotonic() < deadline and sweep.poll() is None, sweep.communicate()
         time.sleep(0.01)
     children = Path(f"/proc/{sweep.pid}/task/{sweep.pid}/children").read_text().split()
-    sweep.send_signal(signal.SIGINT)
+    sweep.send_signal(signum)
     out, err = sweep.communicate(timeout=120)
-    assert sweep.returncode == 130, out + err
+    assert sweep.returncode == code, out + err
     assert "Traceback" not in err and children
     assert err.strip().splitlines()[-1].startswith("Interrupted: 2 of 2 runs not finished;")
     assert "python -m mnist_linear.sweep" in err
