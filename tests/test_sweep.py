@@ -96,10 +96,11 @@ def test_a_bad_grid_is_refused_in_one_line_before_anything_trains(
 
 
 def test_dry_run_prints_the_commands_and_trains_nothing(
-    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch
+    tmp_path: Path, mnist_root: Path, capsys: pytest.CaptureFixture, monkeypatch
 ) -> None:
     monkeypatch.chdir(REPO)
-    main(["--grid", "model.l2_lambda=0,0.01", "--seeds=3", f"--root_dir={tmp_path}", "--dry_run"])
+    main(["--grid", "model.l2_lambda=0,0.01", "--seeds=3", f"--root_dir={tmp_path}", "--dry_run",
+          f"--data.data_dir={mnist_root}"])  # fmt: skip
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 6
     assert all(line.startswith("python -m mnist_linear.cli --config=") for line in lines)
