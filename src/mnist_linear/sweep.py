@@ -150,7 +150,7 @@ def check_arguments(
             checked.append((run, check_only(train_arguments(args, run, extra))))
         except UsageError as error:
             return f"--grid {run.point_name or 'none'}: {error}", USAGE_ERROR
-    seen: dict = {}
+    seen: dict[str, object] = {}  # data modules already checked, for check_fit
     for run, cli in checked:
         try:
             check_fit(cli, seen)
