@@ -96,10 +96,11 @@ def test_a_bad_grid_is_refused_in_one_line_before_anything_trains(
 
 
 def test_dry_run_prints_the_commands_and_trains_nothing(
-    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch
+    tmp_path: Path, mnist_root: Path, capsys: pytest.CaptureFixture, monkeypatch
 ) -> None:
     monkeypatch.chdir(REPO)
-    main(["--grid", "model.l2_lambda=0,0.01", "--seeds=3", f"--root_dir={tmp_path}", "--dry_run"])
+    main(["--grid", "model.l2_lambda=0,0.01", "--seeds=3", f"--root_dir={tmp_path}", "--dry_run",
+          f"--data.data_dir={mnist_root}"])  # fmt: skip
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 6
     assert all(line.startswith("python -m mnist_linear.cli --config=") for line in lines)
@@ -195,20 +196,24 @@ def test_rerunning_trains_only_the_runs_without_results(
 def test_a_failed_run_does_not_stop_the_others(
     tmp_path: Path, mnist_root: Path, capsys: pytest.CaptureFixture, monkeypatch
 ) -> None:
-    # batch 1000 is larger than the 2-vs-3 split of 2000 images, which only the data tells:
-    # train.py refuses that run alone.
+    # Validating every second epoch without a sanity check, Lightning sets up the
+    # validation loader only after the first epoch: only the run finds that half of its
+    # one batch is none, and train.py refuses that run alone.
     command = [c for c in sweep_command(tmp_path, mnist_root) if c != "--seeds=2"]
-    command[command.index("--grid") + 1] = "data.batch_size=1000,40"
+    command[command.index("--grid") + 1] = "trainer.limit_val_batches=0.5,1.0"
+    every_second = ["--trainer.check_val_every_n_epoch=2", "--trainer.num_sanity_val_steps=0"]
     monkeypatch.chdir(REPO)
     with pytest.raises(SystemExit) as stop:
-        main([*command[3:-1], "--trainer.max_steps=3"])  # in this process; the runs in their own
+        main([*command[3:], *every_second])  # in this process; the runs in their own
     assert stop.value.code == 1
     out, err = capsys.readouterr()
-    assert err.strip().splitlines() == ["error: 1 run(s) failed: data.batch_size=1000"]
+    assert err.strip().splitlines() == ["error: 1 run(s) failed: trainer.limit_val_batches=0.5"]
     folder = tmp_path / "lightning_logs" / "logistic_l2"
-    results = json.loads((folder / "data.batch_size=40" / "results.json").read_text())
-    assert results["global_step"] == 3
+    results = json.loads((folder / "trainer.limit_val_batches=1.0" / "results.json").read_text())
+    assert results["stopped_epoch"] == 1  # both epochs trained
     assert "FAILED with exit code 2" in out
+    log = (folder / "trainer.limit_val_batches=0.5" / "train.log").read_text()
+    assert log.strip().splitlines()[-1].startswith("error: ") and "limit_val_batches" in log
     with open(folder / "summary.csv") as f:
         failed_row, row = csv.DictReader(f)
     assert (failed_row["runs"], failed_row["val/acc mean"]) == ("0", "")
@@ -281,6 +286,68 @@ def test_a_grid_point_a_constructor_refuses_is_refused_before_anything_trains(
     assert list(tmp_path.iterdir()) == []  # no run folder, no MNIST file
 
 
+@pytest.mark.parametrize(
+    "grid, refused",
+    [
+        # Lightning's own check, at fit time: half of the one validation batch is none.
+        ("trainer.limit_val_batches=1.0,0.5", "trainer.limit_val_batches=0.5"),
+        # The 2s and 3s among the first validation image: none.
+        ("data.val_size=2000,1", "data.val_size=1"),
+        # More than the 2s and 3s among the 2,000 training images.
+        ("data.batch_size=40,1400", "data.batch_size=1400"),
+    ],
+)
+def test_a_grid_point_train_py_refuses_once_it_has_the_data_is_refused_before_anything_trains(
+    grid: str, refused: str, tmp_path: Path, mnist_root: Path, capsys, monkeypatch
+) -> None:
+    monkeypatch.chdir(REPO)
+    with pytest.raises(SystemExit) as stop:  # the accepted point comes first in the grid
+        main(["--grid", grid, f"--root_dir={tmp_path}", f"--data.data_dir={mnist_root}",
+              "--data.train_size=2000", "--trainer.max_epochs=1"])  # fmt: skip
+    assert stop.value.code == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: --grid {refused}: "), lines
+    option = refused.split("=")[0].rpartition(".")[2]
+    assert option in lines[0].removeprefix(f"error: --grid {refused}: ")  # the reason names it
+    assert out == "" and list(tmp_path.iterdir()) == []  # nothing trained, no folder
+
+
+def test_dry_run_refuses_what_the_sweep_refuses(
+    tmp_path: Path, mnist_root: Path, capsys, monkeypatch
+) -> None:
+    monkeypatch.chdir(REPO)
+    with pytest.raises(SystemExit) as stop:
+        main(["--grid", "data.batch_size=40,1400", f"--root_dir={tmp_path}", "--dry_run",
+              f"--data.data_dir={mnist_root}", "--data.train_size=2000"])  # fmt: skip
+    assert stop.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.startswith("error: --grid data.batch_size=1400: ")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "arguments, named",
+    [
+        (["--grid", "seed_everything=1,2"], "--grid seed_everything=1,2 with --seeds 2"),
+        (["--grid", "data.seed=1,2"], "--grid data.seed=1,2 with --seeds 2"),
+        (["--data.seed=3"], "--data.seed=3 with --seeds 2"),
+        (["--seed_everything", "3"], "--seed_everything with --seeds 2"),
+    ],
+)
+def test_a_seed_given_with_seeds_is_refused_not_overridden(
+    arguments: list[str], named: str, tmp_path: Path, capsys, monkeypatch
+) -> None:
+    monkeypatch.chdir(REPO)
+    with pytest.raises(SystemExit) as stop:
+        main([*arguments, "--seeds=2", f"--root_dir={tmp_path}", "--dry_run"])
+    assert stop.value.code == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert out == "" and len(lines) == 1 and lines[0].startswith(f"error: {named}"), lines
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_typo_in_a_passed_through_argument_is_blamed_on_it(capsys, monkeypatch) -> None:
     monkeypatch.chdir(REPO)
     with pytest.raises(SystemExit) as stop:
@@ -294,29 +361,97 @@ def test_a_typo_in_a_passed_through_argument_is_blamed_on_it(capsys, monkeypatch
 # --- Claims: one sweep trains a run ----------------------------------------------------
 
 
+def _started(pid: int) -> int:
+    """Field 22 of /proc/PID/stat: the process's start, in clock ticks since boot."""
+    return int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[19])
+
+
 def test_a_run_is_claimed_once_and_a_stale_claim_is_taken_over(tmp_path: Path) -> None:
     guard, run, host = tmp_path / ".claims", tmp_path / "run", socket.gethostname()
+    me = f"{os.getpid()}@{host}:{_started(os.getpid())}"
     assert claim(run, guard) is None
-    assert (run / ".lock").read_text() == f"{os.getpid()}@{socket.gethostname()}\n"
+    assert (run / ".lock").read_text() == f"{me}\n"
     live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     try:
-        (run / ".lock").write_text(f"{live.pid}@{socket.gethostname()}\n")
-        assert claim(run, guard) == f"{live.pid}@{socket.gethostname()}"
+        (run / ".lock").write_text(f"{live.pid}@{host}:{_started(live.pid)}\n")
+        assert claim(run, guard) == f"{live.pid}@{host}:{_started(live.pid)}"
         release(run)  # not this process's claim: kept
-        assert (run / ".lock").read_text() == f"{live.pid}@{socket.gethostname()}\n"
+        assert (run / ".lock").read_text() == f"{live.pid}@{host}:{_started(live.pid)}\n"
         # A killed sweep's training, still running, holds the run.
-        (run / ".lock").write_text(f"{dead.pid}@{socket.gethostname()}\n{live.pid}@{host}\n")
+        (run / ".lock").write_text(f"{dead.pid}@{host}\n{live.pid}@{host}:{_started(live.pid)}\n")
         assert claim(run, guard) == f"{dead.pid}@{host}"
-        (run / ".lock").write_text(f"{dead.pid}@{socket.gethostname()}\n")
+        (run / ".lock").write_text(f"{dead.pid}@{host}\n")
         assert claim(run, guard) is None
-        assert (run / ".lock").read_text() == f"{os.getpid()}@{socket.gethostname()}\n"
+        assert (run / ".lock").read_text() == f"{me}\n"
     finally:
         live.kill()
         live.wait()
     release(run)
     assert not (run / ".lock").exists()
+
+
+@pytest.mark.parametrize("pid", [os.getppid(), 1], ids=["parent", "init"])
+def test_a_lock_naming_a_live_process_that_started_at_another_time_is_taken_over(
+    pid: int, tmp_path: Path
+) -> None:
+    # The PID was reused: the process that wrote the lock is gone.
+    guard, run, host = tmp_path / ".claims", tmp_path / "run", socket.gethostname()
+    run.mkdir()
+    (run / ".lock").write_text(f"{pid}@{host}:{_started(pid)}\n")
+    assert claim(run, guard) == f"{pid}@{host}:{_started(pid)}"  # the right time: alive
+    (run / ".lock").write_text(f"{pid}@{host}:{_started(pid) + 1}\n")
+    assert claim(run, guard) is None
+    assert (run / ".lock").read_text() == f"{os.getpid()}@{host}:{_started(os.getpid())}\n"
+
+
+def test_a_lock_without_start_times_holds_only_while_its_process_runs_python(
+    tmp_path: Path,
+) -> None:
+    guard, run, host = tmp_path / ".claims", tmp_path / "run", socket.gethostname()
+    run.mkdir()
+    python = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        (run / ".lock").write_text(f"{python.pid}@{host}\n")
+        assert claim(run, guard) == f"{python.pid}@{host}"  # maybe an older sweep: waited for
+        (run / ".lock").write_text(f"{other.pid}@{host}\n")
+        assert claim(run, guard) is None  # no sweep is a `sleep`: the PID was reused
+    finally:
+        for process in (python, other):
+            process.kill()
+            process.wait()
+
+
+def test_a_sweep_waits_for_a_lock_of_another_host_and_says_how_to_clear_it(
+    tmp_path: Path, mnist_root: Path
+) -> None:
+    run = _folder(tmp_path) / "model.l2_lambda=0"
+    run.mkdir(parents=True)
+    (run / ".lock").write_text(f"1234@elsewhere.{socket.gethostname()}:99\n")
+    command = [*sweep_command(tmp_path, mnist_root), "--trainer.max_steps=3"]
+    command[command.index("--grid") + 1] = "model.l2_lambda=0"
+    command.remove("--seeds=2")
+    sweep = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)  # fmt: skip
+    try:
+        line = sweep.stdout.readline()
+        while "waiting" not in line:
+            assert line, sweep.communicate()
+            line = sweep.stdout.readline()
+        assert line.startswith(
+            f"model.l2_lambda=0: being trained by PID 1234 on elsewhere.{socket.gethostname()} "
+        )
+        assert f"remove {run / '.lock'}" in line
+        time.sleep(1)
+        assert sweep.poll() is None and not (run / "results.json").exists()  # it waits
+        (run / ".lock").unlink()  # as the line says
+        out, err = sweep.communicate(timeout=120)
+    finally:
+        sweep.kill()
+    assert sweep.returncode == 0, out + err
+    assert "[1/1] model.l2_lambda=0: val/acc" in out and (run / "results.json").is_file()
 
 
 def test_two_sweeps_started_at_once_train_every_run_once(tmp_path: Path, mnist_root: Path) -> None:
@@ -340,9 +475,14 @@ def test_two_sweeps_started_at_once_train_every_run_once(tmp_path: Path, mnist_r
     assert sum("trained by another sweep" in line for line in lines) == 2, outputs
 
 
-def test_ctrl_c_stops_the_trainings_and_a_rerun_finishes_them(
-    tmp_path: Path, mnist_root: Path, capsys, monkeypatch
+@pytest.mark.parametrize(
+    "signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"]
+)
+def test_a_signal_stops_the_trainings_and_a_rerun_finishes_them(
+    signum: int, code: int, tmp_path: Path, mnist_root: Path, capsys, monkeypatch
 ) -> None:
+    # SIGINT is Ctrl-C; SIGTERM, what a scheduler or `kill` sends. Either way each
+    # training gets SIGINT and stops as train.py does on Ctrl-C.
     command = [c for c in sweep_command(tmp_path, mnist_root) if c != "--seeds=2"]
     command[-1] = "--trainer.max_epochs=40"
     command.append("--early_stopping.patience=40")
@@ -354,9 +494,9 @@ def test_ctrl_c_stops_the_trainings_and_a_rerun_finishes_them(
         assert time.monotonic() < deadline and sweep.poll() is None, sweep.communicate()
         time.sleep(0.01)
     children = Path(f"/proc/{sweep.pid}/task/{sweep.pid}/children").read_text().split()
-    sweep.send_signal(signal.SIGINT)
+    sweep.send_signal(signum)
     out, err = sweep.communicate(timeout=120)
-    assert sweep.returncode == 130, out + err
+    assert sweep.returncode == code, out + err
     assert "Traceback" not in err and children
     assert err.strip().splitlines()[-1].startswith("Interrupted: 2 of 2 runs not finished;")
     assert "python -m mnist_linear.sweep" in err

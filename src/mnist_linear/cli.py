@@ -408,24 +408,6 @@ CLI_KWARGS: dict[str, Any] = dict(
 )
 
 
-class _ParseOnly(MNISTLinearCLI):
-    def before_instantiate_classes(self) -> None:
-        pass
-
-    def instantiate_classes(self) -> None:
-        pass
-
-
-class _CheckOnly(MNISTLinearCLI):
-    """Parse and run the constructors, the Trainer's among them, claiming no run folder."""
-
-    def before_instantiate_classes(self) -> None:
-        self.check_resume()
-
-    def _run_folder(self, trainer_config: dict[str, Any]) -> dict[str, Any]:
-        return {"logger": False}  # a logger would name a folder; nothing is written here
-
-
 def _not_a_tip(record: logging.LogRecord) -> bool:
     # Lightning prints an advertisement for a cloud logger on every run; this project is offline.
     return not str(record.msg).startswith("💡 Tip")
@@ -437,47 +419,6 @@ def _quiet_lightning() -> None:
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_a_tip)  # once
     # Lightning 2.6 calls a torch pytree API that torch 2.14 deprecates, on every run.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
-
-
-def parse_only(args: Sequence[str]) -> Any:
-    """The config train.py would run with ``args``, instantiating nothing.
-
-    Raises :class:`UsageError`, with train.py's one-line message, where train.py would
-    refuse the arguments while parsing them.
-    """
-    _quiet_lightning()
-    argv, sys.argv = sys.argv, sys.argv[:1]  # Lightning warns when both hold arguments
-    try:
-        cli = _ParseOnly(LinearClassifier, MNISTSubsetDataModule, args=list(args), **CLI_KWARGS)
-    finally:
-        sys.argv = argv
-    return cli.config
-
-
-def check_only(args: Sequence[str]) -> None:
-    """Refuse ``args`` as train.py would before it trains, writing nothing and reading no data.
-
-    Parses the arguments and instantiates the model, the data module, the callbacks and
-    the Trainer, so that a constructor's own check (``nesterov`` without momentum, a
-    batch larger than ``train_size``) is caught too. Raises :class:`UsageError` with
-    train.py's one-line message. What needs the MNIST files (a training split of two
-    digits too small for one batch) is left to the run.
-    """
-    _quiet_lightning()
-    argv, sys.argv = sys.argv, sys.argv[:1]  # Lightning warns when both hold arguments
-    # The Trainer announces its devices, and sets torch's deterministic mode for the
-    # whole process: neither belongs to a check.
-    announcer = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    level = announcer.level
-    announcer.setLevel(logging.WARNING)
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
-    try:
-        _CheckOnly(LinearClassifier, MNISTSubsetDataModule, args=list(args), **CLI_KWARGS)
-    finally:
-        sys.argv = argv
-        announcer.setLevel(level)
-        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
 
 
 def hyperparameters(config: Any) -> dict[str, bool | float | int | str]:
@@ -501,6 +442,12 @@ def hyperparameters(config: Any) -> dict[str, bool | float | int | str]:
     return flat
 
 
+def check_before_fit(trainer: L.Trainer, datamodule: MNISTSubsetDataModule) -> None:
+    """What train.py checks before it starts any process, reading only the label files."""
+    datamodule.check_fits(trainer.world_size)
+    check_evaluation_interval(trainer, *datamodule.training_blocks(trainer.world_size))
+
+
 def fit_and_report(cli: MNISTLinearCLI) -> dict[str, Any] | None:
     """Fit (resuming from ``--ckpt_path``); config.yaml comes at the start, results.json at the end.
 
@@ -508,8 +455,7 @@ def fit_and_report(cli: MNISTLinearCLI) -> dict[str, Any] | None:
     of ``ddp_spawn``, whose workers write results.json).
     """
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
-    datamodule.check_fits(trainer.world_size)  # before any process is started
-    check_evaluation_interval(trainer, *datamodule.training_blocks(trainer.world_size))
+    check_before_fit(trainer, datamodule)
     threads = cli.config.get("threads")
     if threads is not None:  # Lightning's DDP leaves torch's threads alone when this is set
         os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -519,6 +465,25 @@ def fit_and_report(cli: MNISTLinearCLI) -> dict[str, Any] | None:
     if results is None and cli.run_dir is not None and (cli.run_dir / "results.json").is_file():
         results = json.loads((cli.run_dir / "results.json").read_text())
     return results
+
+
+def refusal(error: BaseException, run_dir: Path | None = None) -> tuple[str, int] | None:
+    """train.py's one line and exit code for ``error`` raised before training, or ``None``.
+
+    A split too small, a data folder or Trainer flag that cannot work, a flag Lightning
+    refuses: exit 2. No MNIST source that works, no room to write: exit 1.
+    """
+    if isinstance(error, SplitTooSmallError | DataFolderError):
+        return f"--data.{error}", USAGE_ERROR
+    if isinstance(error, TrainerFlagError):
+        return str(error), USAGE_ERROR
+    if isinstance(error, MisconfigurationException):  # a Trainer flag that cannot apply here
+        return one_line(str(error)), USAGE_ERROR
+    if isinstance(error, MNISTFilesError):
+        return str(error), 1
+    if isinstance(error, OSError) and error.errno in NO_ROOM:
+        return no_room(error, run_dir), 1
+    return None
 
 
 def make_cli(args: Sequence[str] | None = None) -> MNISTLinearCLI:
@@ -541,29 +506,18 @@ def no_room(error: OSError, run_dir: Path | None = None) -> str:
 
 
 def fit_reporting_errors(cli: MNISTLinearCLI) -> None:
-    """:func:`fit_and_report`; what stops it before training ends in one line and an exit code."""
+    """:func:`fit_and_report`; what stops it before training ends in one line and an exit code.
+
+    The run folder goes with a refusal, unless it holds a checkpoint to resume from.
+    """
     try:
         fit_and_report(cli)
-    except SplitTooSmallError as error:
-        cli.discard_run_folder()
-        fail(f"--data.{error}", USAGE_ERROR)
-    except DataFolderError as error:
-        cli.discard_run_folder()
-        fail(f"--data.{error}", USAGE_ERROR)
-    except MNISTFilesError as error:
-        cli.discard_run_folder()
-        fail(str(error), 1)
-    except MisconfigurationException as error:  # a Trainer flag that cannot apply here
-        cli.discard_run_folder()
-        fail(one_line(str(error)), USAGE_ERROR)
-    except TrainerFlagError as error:
-        cli.discard_run_folder()
-        fail(str(error), USAGE_ERROR)
-    except OSError as error:
-        if error.errno not in NO_ROOM:
+    except Exception as error:
+        answer = refusal(error, cli.run_dir)
+        if answer is None:
             raise
-        cli.discard_run_folder()  # unless it holds a checkpoint to resume from
-        fail(no_room(error, cli.run_dir), 1)
+        cli.discard_run_folder()
+        fail(*answer)
 
 
 def main(args: Sequence[str] | None = None) -> None:

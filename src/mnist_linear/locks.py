@@ -1,4 +1,4 @@
-"""A run folder claimed by one sweep at a time: ``<run>/.lock``, holding ``PID@host``.
+"""A run folder claimed by one sweep at a time: ``<run>/.lock``, holding ``PID@host:START``.
 
 A sweep claims a run before it trains it and releases it when the training has ended,
 so that two sweeps over the same folder never train a run twice. The lock is made
@@ -9,6 +9,14 @@ processes is alive (on this host) is stale: a sweep takes it over by writing its
 lock over it with a rename. The decision that a lock is stale and the take-over happen
 while holding ``flock`` on one guard file of the sweep, so two sweeps that find the
 same stale lock take it over one after the other, and the second finds the first alive.
+
+A process is named by its PID, its host and, on Linux, its start time (field 22 of
+``/proc/PID/stat``, in clock ticks since boot), so that a PID the system has since
+given to another process does not keep a lock alive: the process must also have
+started at that time. A lock written without start times (by an older sweep, or where
+there is no ``/proc``) names a live process only if that process runs Python, as
+sweeps and their workers do; a live Python process of that PID still counts, and the
+lock is then removed by hand. A lock of another host always counts as alive.
 """
 
 from __future__ import annotations
@@ -24,13 +32,27 @@ from mnist_linear.files import atomic_write_text
 LOCK = ".lock"
 
 
+def start_time(pid: int) -> str | None:
+    """When process ``pid`` started, in clock ticks since boot; ``None`` where unknown.
+
+    Field 22 of ``/proc/PID/stat``, counted after the command name, which may hold
+    spaces and parentheses.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rpartition(")")[2].split()[19]
+
+
 def this_owner() -> str:
-    """``PID@host`` of this process, as its locks hold it."""
-    return f"{os.getpid()}@{socket.gethostname()}"
+    """``PID@host:START`` of this process, as its locks hold it (``PID@host`` without /proc)."""
+    start = start_time(os.getpid())
+    return f"{os.getpid()}@{socket.gethostname()}" + ("" if start is None else f":{start}")
 
 
 def holders(folder: Path) -> list[str]:
-    """The ``PID@host`` of each process in ``folder``'s lock, the sweep first; ``[]``: none."""
+    """The ``PID@host:START`` of each process in ``folder``'s lock, sweep first; ``[]``: none."""
     try:
         return (folder / LOCK).read_text().split()
     except FileNotFoundError:
@@ -38,32 +60,54 @@ def holders(folder: Path) -> list[str]:
 
 
 def owner_of(folder: Path) -> str | None:
-    """The ``PID@host`` of the sweep that holds ``folder``'s lock, or ``None``."""
+    """The ``PID@host:START`` of the sweep that holds ``folder``'s lock, or ``None``."""
     return next(iter(holders(folder)), None)
+
+
+def describe(owner: str) -> str:
+    """``PID 1234 on host``: a holder as the sweep's messages name it."""
+    pid, _, place = owner.partition("@")
+    return f"PID {pid} on {place.partition(':')[0]}"
 
 
 def alive(owner: str) -> bool:
     """Whether the process named by ``owner`` may still be running.
 
-    A process on another host cannot be asked, so it counts as alive; so does a lock
-    that names no process (a file this module did not write).
+    On this host: a process of that PID that started at that time; without a start
+    time, a process of that PID that runs Python. A process on another host cannot be
+    asked, so it counts as alive; so does a lock that names no process (a file this
+    module did not write).
     """
-    pid, _, host = owner.partition("@")
-    if host != socket.gethostname() or not pid.isdigit():
+    pid, _, place = owner.partition("@")
+    host, _, start = place.partition(":")
+    if host != socket.gethostname() or not pid.isdigit() or (start and not start.isdigit()):
         return True
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # alive, another user's
+        pass
+    if start:
+        now = start_time(int(pid))
+        return now is None or now == start  # None: it ended just now, or no /proc to ask
+    return _runs_python(int(pid))
+
+
+def _runs_python(pid: int) -> bool:
+    """Whether process ``pid`` is a Python interpreter (its argv[0]); ``True`` where unknown."""
+    try:
+        command = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
         return True
-    return True
+    return Path(os.fsdecode(command.split(b"\0")[0])).name.startswith("python")
 
 
 def claim(folder: Path, guard: Path) -> str | None:
     """Claim ``folder`` (made if needed) for this process.
 
-    Returns ``None`` when this process now holds it, else the live owner's ``PID@host``.
+    Returns ``None`` when this process now holds it, else the live owner's
+    ``PID@host:START``.
     ``guard`` is a file of the sweep's own folder, locked while a claim is decided.
     """
     folder.mkdir(parents=True, exist_ok=True)

@@ -9,8 +9,10 @@ prints in ``train.log`` there. ``--name`` defaults to the config file's name and
 grid keys (``logistic-model.l2_lambda``).
 
 Before anything trains, every grid point (each whole combination) is checked as
-train.py checks it, constructors included, and the arguments passed through to
-train.py are checked alone first; a refusal is one line, exit code 2. Re-running the
+train.py checks it before training, constructors and data included, up to where its
+first step would start (:mod:`mnist_linear.checks`), and the arguments passed through
+to train.py are checked alone first; a refusal is one line, exit code 2. A seed given
+with ``--seeds``, which sets both seeds, is refused too. Re-running the
 same command trains only the runs that have no results.json: an interrupted run
 resumes from its last.ckpt, a run that never reached one starts again. A run is done
 only if its config.yaml is what the sweep would run now (the :data:`PLUMBING` keys
@@ -46,9 +48,9 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mnist_linear.errors import OneLineArgumentParser, fail
+from mnist_linear.errors import USAGE_ERROR, OneLineArgumentParser, fail
 from mnist_linear.files import atomic_write_text
-from mnist_linear.locks import LOCK, claim, holders, release, this_owner
+from mnist_linear.locks import LOCK, claim, describe, holders, release, this_owner
 from mnist_linear.workers import NOT_STARTED, fresh_state, train, worker_pool
 
 DEFAULT_GRID = "model.l2_lambda=0,0.0001,0.001,0.01"
@@ -64,6 +66,7 @@ PLUMBING = (
     "trainer.enable_progress_bar", "threads",
 )  # fmt: skip
 INTERRUPTED = 130
+SEED_KEYS = ("seed_everything", "data.seed")  # what --seeds sets
 
 
 def split_values(text: str) -> list[str]:
@@ -108,9 +111,7 @@ class Run:
         return ",".join([self.point_name, *seed] if self.point else seed) or "run"
 
     def arguments(self) -> list[str]:
-        seeds = [] if self.seed is None else [
-            f"--seed_everything={self.seed}", f"--data.seed={self.seed}"
-        ]  # fmt: skip
+        seeds = [] if self.seed is None else [f"--{key}={self.seed}" for key in SEED_KEYS]
         return [*(f"--{key}={value}" for key, value in self.point), *seeds]
 
 
@@ -122,31 +123,45 @@ def runs_of(grid: Sequence[tuple[str, list[str]]], seeds: int | None) -> list[Ru
     return [Run(p, s) for p in points for s in ([None] if seeds is None else range(seeds))]
 
 
-def check_arguments(args: argparse.Namespace, runs: list[Run], extra: list[str]) -> str | None:
-    """What train.py would refuse before training, as the sweep's one line; ``None``: nothing.
+def check_arguments(
+    args: argparse.Namespace, runs: list[Run], extra: list[str]
+) -> tuple[str, int] | None:
+    """What train.py would refuse before training: the sweep's one line and exit code, or ``None``.
 
     The arguments passed through to train.py first, alone, once; then every grid point,
-    each whole combination of values, with the constructors run as train.py runs them.
-    Nothing is written and no MNIST file is read.
+    each whole combination of values, with the constructors run as train.py runs them;
+    then, only once every point has passed those, what each point's train.py checks
+    once it has the data, up to where training would start
+    (:func:`~mnist_linear.checks.check_fit`). Nothing is written but the MNIST files a
+    run would build.
     """
-    from mnist_linear.cli import UsageError, check_only, parse_only
+    from mnist_linear.checks import check_fit, check_only, parse_only
+    from mnist_linear.cli import UsageError
 
     try:
         parse_only([f"--config={args.config}", *extra])
     except UsageError as error:
-        return f"arguments passed to train.py: {error}"
+        return f"arguments passed to train.py: {error}", USAGE_ERROR
+    checked = []
     for _, group in itertools.groupby(runs, key=lambda run: run.point):
         run = next(group)  # the seeds of a point cannot be refused
         try:
-            check_only(train_arguments(args, run, extra))
+            checked.append((run, check_only(train_arguments(args, run, extra))))
         except UsageError as error:
-            return f"--grid {run.point_name or 'none'}: {error}"
+            return f"--grid {run.point_name or 'none'}: {error}", USAGE_ERROR
+    seen: dict[str, object] = {}  # data modules already checked, for check_fit
+    for run, cli in checked:
+        refused = check_fit(cli, seen)
+        if refused is not None:
+            message, code = refused
+            where = f"--grid {run.point_name or 'none'}: " if code == USAGE_ERROR else ""
+            return where + message, code
     return None
 
 
 def preflight(
     args: argparse.Namespace, runs: list[Run], extra: list[str], check: bool = True
-) -> tuple[str | None, list[str]]:
+) -> tuple[tuple[str, int] | None, list[str]]:
     """:func:`check_arguments` (when ``check``), then :func:`differences`, in a worker."""
     with fresh_state():
         refusal = check_arguments(args, runs, extra) if check else None
@@ -159,7 +174,8 @@ def differences(args: argparse.Namespace, runs: list[Run], extra: list[str]) -> 
     Both configurations are resolved by train.py's parser; the keys in :data:`PLUMBING`
     are not compared. Only runs with something to keep count: results.json or last.ckpt.
     """
-    from mnist_linear.cli import UsageError, parse_only
+    from mnist_linear.checks import parse_only
+    from mnist_linear.cli import UsageError
     from mnist_linear.run import changed_settings, flat_settings
 
     def settings(arguments: list[str]) -> dict[str, str]:
@@ -340,8 +356,10 @@ def train_all(
                 if held_by is not None:
                     if run not in waiting:
                         waiting.add(run)
-                        print(f"{run.name}: being trained by PID {held_by} (another sweep); "
-                              "waiting for it.", flush=True)  # fmt: skip
+                        print(f"{run.name}: being trained by {describe(held_by)} (another "
+                              f"sweep); waiting for it. If no sweep runs there (one that "
+                              f"crashed on another host), remove {folder / LOCK} and this "
+                              "sweep trains it.", flush=True)  # fmt: skip
                     continue
                 todo.remove(run)
                 if results_of(folder) is not None:  # the other sweep finished it
@@ -477,6 +495,17 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
     keys = [key for key, _ in args.grid]
     if len(set(keys)) != len(keys):
         parser.error(f"argument --grid: each key once, got {keys}")
+    if args.seeds is not None:  # each run's seeds would silently override these
+        grid = dict(args.grid)
+        for key in SEED_KEYS:
+            passed = [a for a in extra if a == f"--{key}" or a.startswith(f"--{key}=")]
+            if key in grid or passed:
+                given = f"--grid {key}={','.join(grid[key])}" if key in grid else passed[0]
+                parser.error(
+                    f"{given} with --seeds {args.seeds}, which sets seed_everything and "
+                    f"data.seed to each of 0 to {args.seeds - 1} itself; give the seeds one way: "
+                    "--seeds, or the seed settings without --seeds"
+                )
     if args.name is None:
         args.name = "-".join([Path(args.config).stem, *keys])
     return args, extra
@@ -503,7 +532,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             print("Interrupted before anything trained.", file=sys.stderr)
             sys.exit(INTERRUPTED)
         if refusal is not None:
-            fail(refusal)
+            fail(*refusal)
         refuse_differences(args, differing)
         if args.dry_run:
             for run in runs:
