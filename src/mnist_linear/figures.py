@@ -1,0 +1,358 @@
+"""The report's figures: one run's curves and weights, and a sweep's comparison.
+
+Every figure is written as a PNG whose bytes depend only on what it shows: the same
+runs give the same files (no software version or date in the metadata).
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import re
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from mnist_linear.callbacks import TILE_PADDING
+from mnist_linear.files import atomic_write_bytes
+from mnist_linear.splits import IMAGE_SIDE
+from mnist_linear.sweep import split_values
+
+STAGES = {"train": "training", "val": "validation", "test": "test"}
+SEED_SUFFIX = ",seed="
+BEST_STEP = re.compile(r"best-epoch=\d+-step=(\d+)\.ckpt")
+
+
+class ReportError(Exception):
+    """A folder that holds no run, or a run that lacks what a figure needs."""
+
+
+@dataclass
+class Run:
+    """The logged scalars and images of one run, its config, results and restored weights."""
+
+    folder: Path
+    scalars: dict[str, tuple[np.ndarray, np.ndarray]]
+    images: dict[str, list[np.ndarray]]
+    config: dict
+    results: dict
+    weight: np.ndarray | None
+    config_file: str = ""
+    best_checkpoint: str = field(default="")
+
+    def series(self, tag: str) -> tuple[np.ndarray, np.ndarray]:
+        if tag not in self.scalars:
+            raise ReportError(
+                f"{self.folder} has no scalar {tag!r} (it has {sorted(self.scalars)})"
+            )
+        return self.scalars[tag]
+
+    def last_image(self, tag: str) -> np.ndarray:
+        if not self.images.get(tag):
+            raise ReportError(f"{self.folder} has no image {tag!r} (it has {sorted(self.images)})")
+        return self.images[tag][-1]
+
+    @property
+    def classes(self) -> list[int] | None:
+        return self.config.get("data", {}).get("classes")
+
+    @property
+    def class_names(self) -> list[str]:
+        """The digit of each weight row: label 1's digit alone for the binary model."""
+        return [str(d) for d in range(10)] if self.classes is None else [str(self.classes[0])]
+
+    @property
+    def padding(self) -> int:
+        """Pixels between the tiles of the run's logged images (``--weight_images.padding``)."""
+        return int(self.config.get("weight_images", {}).get("padding", TILE_PADDING))
+
+    @property
+    def best_step(self) -> int | None:
+        """The step of the evaluation whose weights early stopping restored."""
+        step = self.results.get("best_step")
+        if step is None:  # a results.json written before it recorded best_step
+            found = BEST_STEP.fullmatch(self.best_checkpoint)
+            step = int(found.group(1)) if found else None
+        return step
+
+    @property
+    def point(self) -> str:
+        """The grid point of a sweep's run: its folder name without the seed."""
+        return self.folder.name.split(SEED_SUFFIX)[0]
+
+    @property
+    def model(self) -> str:
+        if self.classes is None:
+            return "softmax regression, 10 digits"
+        return f"logistic regression, {self.classes[0]} vs {self.classes[1]}"
+
+    @property
+    def title(self) -> str:
+        """The model, its config file and λ."""
+        l2_lambda = self.config.get("model", {}).get("l2_lambda", 0.0)
+        source = f" ({self.config_file})" if self.config_file else ""
+        return f"{self.model}{source}, λ = {l2_lambda:g}"
+
+
+def save(figure: plt.Figure, path: Path) -> Path:
+    """``figure`` as a PNG at ``path``, written atomically, with no software version in it."""
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight",
+                   metadata={"Software": None})  # fmt: skip
+    plt.close(figure)
+    atomic_write_bytes(path, [buffer.getvalue()])
+    return path
+
+
+def _legend_outside(axes: plt.Axes) -> None:
+    axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+
+
+def _mark_best_and_stop(axes: plt.Axes, run: Run) -> None:
+    """Dashed lines at the evaluation whose weights were restored, and at the last step."""
+    results = run.results
+    if run.best_step is not None and results.get("best_epoch") is not None:
+        axes.axvline(run.best_step, color="green", linestyle="--",
+                     label=f"best epoch {results['best_epoch']}")  # fmt: skip
+    if results.get("stopped_epoch") is not None:
+        axes.axvline(results["global_step"], color="gray", linestyle=":",
+                     label=f"stop, epoch {results['stopped_epoch']}")  # fmt: skip
+
+
+def curves(run: Run, metric: str, ylabel: str) -> plt.Figure:
+    """The three splits' ``metric`` against the SGD step, the best epoch and the stop marked."""
+    figure, axes = plt.subplots(figsize=(8, 4.5))
+    for stage, name in STAGES.items():
+        steps, values = run.series(f"{stage}/{metric}")
+        axes.plot(steps, values, label=name)
+    _mark_best_and_stop(axes, run)
+    axes.set(xlabel="SGD step", ylabel=ylabel, title=f"{ylabel.capitalize()}: {run.title}")
+    axes.grid(alpha=0.3)
+    _legend_outside(axes)
+    return figure
+
+
+def _weight_panels(
+    axes: Sequence[plt.Axes], weight: np.ndarray, scale: float, names: Sequence[str]
+) -> matplotlib.image.AxesImage:
+    image = None
+    for ax, row, name in zip(axes, weight, names, strict=True):
+        tile = row.reshape(IMAGE_SIDE, IMAGE_SIDE)
+        image = ax.imshow(tile, cmap="RdBu_r", vmin=-scale, vmax=scale)
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    return image
+
+
+def tiles(grid: np.ndarray, count: int, padding: int) -> list[np.ndarray]:
+    """The ``count`` tiles of a one-row image grid as ``make_grid`` lays it out."""
+    step = IMAGE_SIDE + padding
+    return [grid[padding : padding + IMAGE_SIDE, padding + k * step : k * step + step]
+            for k in range(count)]  # fmt: skip
+
+
+def weights_figure(run: Run) -> plt.Figure:
+    """Each class's mean training image (top) and restored weights (bottom, signed)."""
+    if run.weight is None:
+        raise ReportError(f"{run.folder} has no checkpoints/best-*.ckpt with restored weights")
+    means = run.last_image("class_means")
+    count = len(run.weight)
+    names = [f"{name} (label {k})" for k, name in enumerate(run.class_names)]
+    if count == 1:  # binary: the two means and the single weight image, in one row
+        figure, axes = plt.subplots(1, 3, figsize=(7.5, 2.9))
+        mean_axes, weight_axes = axes[:2], axes[2:]
+        mean_names = [f"mean {run.classes[0]} (label 1)", f"mean {run.classes[1]} (label 0)"]
+        names = [f"weights: + for {run.classes[0]}, − for {run.classes[1]}"]
+    else:
+        figure, axes = plt.subplots(2, count, figsize=(1.3 * count, 3.3))
+        mean_axes, weight_axes = axes[0], axes[1]
+        mean_names = [f"mean {name}" for name in run.class_names]
+    for ax, tile, name in zip(mean_axes, tiles(means, len(mean_names), run.padding), mean_names,
+                              strict=True):  # fmt: skip
+        ax.imshow(tile, cmap="gray", vmin=0, vmax=255)
+        ax.set_title(name, fontsize=9)
+        ax.axis("off")
+    scale = float(np.abs(run.weight).max()) or 1.0
+    image = _weight_panels(weight_axes, run.weight, scale, names)
+    figure.colorbar(image, ax=list(np.ravel(axes)), shrink=0.8, label="weight")
+    figure.suptitle(f"Mean training images and restored weights: {run.title}", fontsize=10)
+    return figure
+
+
+def run_figures(run: Run, out: Path) -> list[Path]:
+    """``loss.png``, ``accuracy.png`` and ``weights.png`` of one run."""
+    return [
+        save(curves(run, "loss", "cross-entropy"), out / "loss.png"),
+        save(curves(run, "acc", "accuracy"), out / "accuracy.png"),
+        save(weights_figure(run), out / "weights.png"),
+    ]
+
+
+# --- A sweep: its grid points, each with its seeds ---------------------------------------
+
+
+def _order(name: str) -> tuple:
+    """Sort key of a run's folder name: numbers as numbers (seed=10 after seed=9)."""
+    items = []
+    for item in split_values(name):
+        key, _, value = item.partition("=")
+        try:
+            items.append((key, 0, float(value), value))
+        except ValueError:
+            items.append((key, 1, 0.0, value))
+    return tuple(items)
+
+
+def points(runs: list[Run]) -> list[tuple[str, list[Run]]]:
+    """The runs grouped by grid point, points and seeds in numeric order."""
+    runs = sorted(runs, key=lambda r: (_order(r.point), _order(r.folder.name)))
+    return [(point, list(group)) for point, group in itertools.groupby(runs, lambda r: r.point)]
+
+
+def _grid_key(names: Sequence[str]) -> str | None:
+    """The grid's key when every point varies the same single key, else ``None``."""
+    keys = {tuple(item.split("=")[0] for item in split_values(name)) for name in names}
+    return keys.pop()[0] if len(keys) == 1 and len(next(iter(keys))) == 1 else None
+
+
+def _label(point: str, key: str | None) -> str:
+    return point.split("=", 1)[1] if key else "\n".join(split_values(point))
+
+
+Curve = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def common_steps(runs: list[Run], tag: str) -> Curve:
+    """Steps logged by every run, and the mean, lowest and highest value at each.
+
+    A run stopped early logs no later step, so the curve ends where the first seed
+    stopped: every point of it is a mean over all the runs.
+    """
+    series = [dict(zip(*run.series(tag), strict=True)) for run in runs]
+    steps = np.array(sorted(set.intersection(*(set(s) for s in series))))
+    values = np.array([[s[step] for s in series] for step in steps]).reshape(len(steps), -1)
+    return steps, values.mean(axis=1), values.min(axis=1), values.max(axis=1)
+
+
+def compare(runs: list[Run], tag: str, ylabel: str, title: str) -> plt.Figure:
+    """Per grid point the mean curve of its seeds, with a band from lowest to highest."""
+    figure, axes = plt.subplots(figsize=(8, 4.5))
+    grouped = points(runs)
+    key = _grid_key([point for point, _ in grouped])
+    for point, group in grouped:
+        steps, mean, low, high = common_steps(group, tag)
+        seeds = f", {len(group)} seeds" if len(group) > 1 else ""
+        (line,) = axes.plot(steps, mean, label=f"{point}{seeds}")
+        if len(group) > 1:
+            axes.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
+    if len(runs) > len(grouped):
+        title += "\nmean over the seeds (band: lowest to highest), up to the first seed's stop"
+    axes.set(xlabel="SGD step", ylabel=ylabel, title=title)
+    axes.grid(alpha=0.3)
+    _legend_outside(axes)
+    if key:
+        axes.get_legend().set_title(key)
+    return figure
+
+
+FINAL = (("val/acc", "validation accuracy", 100), ("test/acc", "test accuracy", 100),
+         ("weight_norm", "‖W‖", 1))  # fmt: skip
+
+
+def final_figure(runs: list[Run]) -> plt.Figure:
+    """Per grid point, each seed's final (restored) value and their mean ± sample std."""
+    grouped = [(point, [r for r in group if r.results]) for point, group in points(runs)]
+    grouped = [(point, group) for point, group in grouped if group]
+    if not grouped:
+        raise ReportError(f"no run in {runs[0].folder.parent} has a results.json yet")
+    key = _grid_key([point for point, _ in grouped])
+    figure, axes = plt.subplots(1, len(FINAL), figsize=(3.6 * len(FINAL), 3.8))
+    x = np.arange(len(grouped))
+    for ax, (metric, name, scale) in zip(axes, FINAL, strict=True):
+        for k, (_, group) in enumerate(grouped):
+            values = [scale * r.results[metric] for r in group if r.results.get(metric) is not None]
+            if not values:
+                continue
+            ax.plot(np.full(len(values), k), values, "o", color="0.6", markersize=3,
+                    alpha=0.7, label="one seed" if k == 0 else None)  # fmt: skip
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            ax.errorbar(k, statistics.fmean(values), yerr=spread, fmt="s", color="C0", capsize=5,
+                        markersize=6, label="mean ± std" if k == 0 else None)  # fmt: skip
+        ax.set_xticks(x, [_label(point, key) for point, _ in grouped])
+        ax.set_xlim(-0.5, len(grouped) - 0.5)
+        ax.set(title=name, xlabel=key or "grid point")
+        if scale == 100:
+            ax.set_ylabel("%")
+        ax.grid(alpha=0.3, axis="y")
+    seeds = sorted({len(group) for _, group in grouped})
+    counted = "/".join(str(n) for n in seeds)
+    axes[-1].legend(loc="best", fontsize=8)
+    figure.suptitle(f"Restored weights of each run, {counted} seed(s) per point: "
+                    f"{_model_of(runs)}", fontsize=10)  # fmt: skip
+    figure.tight_layout()
+    return figure
+
+
+def _model_of(runs: Sequence[Run]) -> str:
+    models = {run.model for run in runs}
+    return models.pop() if len(models) == 1 else "binary and 10-digit models"
+
+
+def sweep_weights_figure(runs: list[Run]) -> plt.Figure:
+    """The restored weights of each grid point's first seed, on one colour scale.
+
+    Binary models only: one row, a column per point. Otherwise a row per point and a
+    column per digit (a binary point fills the first column only).
+    """
+    firsts = []
+    for point, group in points(runs):
+        run = next((r for r in group if r.weight is not None), None)
+        if run is None:
+            raise ReportError(f"{group[0].folder} has no checkpoints/best-*.ckpt with restored "
+                              "weights, nor has any other seed of its point")  # fmt: skip
+        firsts.append((point, run))
+    key = _grid_key([point for point, _ in firsts])
+    scale = max(float(np.abs(run.weight).max()) for _, run in firsts) or 1.0
+    width = max(len(run.weight) for _, run in firsts)
+    if width == 1:
+        figure, axes = plt.subplots(1, len(firsts), figsize=(2.3 * len(firsts), 2.4),
+                                    squeeze=False)  # fmt: skip
+        for column, (point, run) in enumerate(firsts):
+            image = _weight_panels(axes[:, column], run.weight, scale, [_label(point, key)])
+    else:
+        figure, axes = plt.subplots(len(firsts), width, figsize=(1.3 * width, 1.5 * len(firsts)),
+                                    squeeze=False)  # fmt: skip
+        titled = False  # the digits above the first row of ten, and above each binary one
+        for row, (point, run) in enumerate(firsts):
+            count = len(run.weight)
+            names = run.class_names if count < width or not titled else [""] * count
+            titled = titled or count == width
+            image = _weight_panels(axes[row, :count], run.weight, scale, names)
+            for ax in axes[row, count:]:
+                ax.axis("off")
+            axes[row, 0].axis("on")
+            axes[row, 0].set(xticks=[], yticks=[], ylabel=_label(point, key).replace("\n", ", "))
+    figure.colorbar(image, ax=list(np.ravel(axes)), shrink=0.8, label="weight")
+    grid = f" by {key}" if key else ""
+    figure.suptitle(f"Restored weights{grid}, first seed of each point: {_model_of(runs)}",
+                    fontsize=10)  # fmt: skip
+    return figure
+
+
+def sweep_figures(runs: list[Run], out: Path) -> list[Path]:
+    """``final.png``, ``val_accuracy.png``, ``weight_norm.png`` and ``weights.png`` of a sweep."""
+    return [
+        save(final_figure(runs), out / "final.png"),
+        save(compare(runs, "val/acc", "validation accuracy", "Validation accuracy"),
+             out / "val_accuracy.png"),
+        save(compare(runs, "weight_norm", "‖W‖", "Length of the weights"),
+             out / "weight_norm.png"),
+        save(sweep_weights_figure(runs), out / "weights.png"),
+    ]  # fmt: skip
