@@ -91,7 +91,7 @@ def test_sweep_curves_are_means_over_seeds_with_bands(sweep_root: Path) -> None:
     figure = compare(runs, "val/acc", "validation accuracy", "Validation accuracy")
     (axes, *_) = figure.axes
     assert [line.get_label() for line in axes.get_lines()] == [
-        "model.l2_lambda=0, 2 seeds", "model.l2_lambda=0.01, 2 seeds",
+        "0, 2 seeds", "0.01, 2 seeds",
     ]  # fmt: skip
     assert len(axes.collections) == 2  # one band per grid point
     _, mean = axes.get_lines()[0].get_data()

@@ -246,12 +246,16 @@ def compare(runs: list[Run], tag: str, ylabel: str, title: str) -> plt.Figure:
     figure, axes = plt.subplots(figsize=(8, 4.5))
     grouped = points(runs)
     key = _grid_key([point for point, _ in grouped])
-    for point, group in grouped:
+    styles = itertools.cycle(["-", "--", "-.", ":"])
+    for k, (point, group) in enumerate(grouped):
         steps, mean, low, high = common_steps(group, tag)
         seeds = f", {len(group)} seeds" if len(group) > 1 else ""
-        (line,) = axes.plot(steps, mean, label=f"{point}{seeds}")
+        label = f"{_label(point, key) if key else point}{seeds}"
+        # The first point on top, each in a line style of its own: none hides another.
+        (line,) = axes.plot(steps, mean, linestyle=next(styles), zorder=3 + len(grouped) - k,
+                            label=label)  # fmt: skip
         if len(group) > 1:
-            axes.fill_between(steps, low, high, color=line.get_color(), alpha=0.2)
+            axes.fill_between(steps, low, high, color=line.get_color(), alpha=0.12, linewidth=0)
     if len(runs) > len(grouped):
         title += "\nmean over the seeds (band: lowest to highest), up to the first seed's stop"
     axes.set(xlabel="SGD step", ylabel=ylabel, title=title)
@@ -294,8 +298,8 @@ def final_figure(runs: list[Run]) -> plt.Figure:
     seeds = sorted({len(group) for _, group in grouped})
     counted = "/".join(str(n) for n in seeds)
     axes[-1].legend(loc="best", fontsize=8)
-    figure.suptitle(f"Restored weights of each run, {counted} seed(s) per point: "
-                    f"{_model_of(runs)}", fontsize=10)  # fmt: skip
+    figure.suptitle(f"Restored weights, {counted} seed(s) per point (dots: each seed; squares: "
+                    f"mean ± sample std): {_model_of(runs)}", fontsize=10)  # fmt: skip
     figure.tight_layout()
     return figure
 
