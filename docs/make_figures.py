@@ -24,8 +24,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+from mnist_linear.errors import USAGE_ERROR, OneLineArgumentParser, fail
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {"logistic": "configs/logistic.yaml", "softmax": "configs/softmax.yaml"}
@@ -35,6 +37,17 @@ SWEEPS = {
     "logistic_l2": ("logistic", f"model.l2_lambda={','.join(LAMBDAS)}"),
     "softmax_seeds": ("softmax", "model.l2_lambda=0"),
 }
+
+
+def at_least(least: int) -> Callable[[str], int]:
+    """An argparse type: a whole number >= ``least``."""
+
+    def whole(text: str) -> int:
+        if not text.isdigit() or int(text) < least:
+            raise argparse.ArgumentTypeError(f"expected a whole number >= {least}, got {text!r}")
+        return int(text)
+
+    return whole
 
 
 def cores() -> int:
@@ -48,8 +61,11 @@ def step(name: str, command: list[str], log: Path) -> None:
     with log.open("w") as output:
         done = subprocess.run(command, cwd=REPO, stdout=output, stderr=subprocess.STDOUT)
     if done.returncode != 0:
-        print(log.read_text()[-3000:], file=sys.stderr)
-        sys.exit(f"{name} failed with exit code {done.returncode}; its output is above")
+        printed = log.read_text().strip()
+        if done.returncode == USAGE_ERROR and len(printed.splitlines()) == 1:
+            fail(printed.removeprefix("error: "))  # train.py's or the sweep's own refusal
+        print(printed[-3000:], file=sys.stderr)
+        fail(f"{name} failed with exit code {done.returncode}; its output is above", 1)
     print(f"  done in {time.perf_counter() - started:.1f} s", flush=True)
 
 
@@ -171,31 +187,34 @@ def draw(name: str, folder: Path, out: Path) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
+    parser = OneLineArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog="Other arguments go to every train.py run and sweep, such as "
         "--trainer.max_epochs 2 --data.train_size 2000 for a quick look (the figures and "
         "numbers are then not the README's).",
     )
-    parser.add_argument("--data_dir", default="data", help="Folder of the MNIST files, as "
-                        "train.py's --data.data_dir (default: %(default)s).")  # fmt: skip
-    parser.add_argument("--out", default=str(REPO / "docs" / "figures"),
-                        help="Where the figures go (default: docs/figures).")  # fmt: skip
     parser.add_argument(
-        "--root_dir",
-        default=None,
-        help="Keep the runs in this folder (default: "
-        "a temporary folder, removed at the end); runs already there are kept.",
-    )
+        "--data_dir", default="data",
+        help="Folder of the MNIST files, as train.py's --data.data_dir (default: %(default)s).",
+    )  # fmt: skip
     parser.add_argument(
-        "--jobs",
-        type=int,
-        default=cores(),
-        help="Sweep jobs (default: the "
-        "machine's cores, %(default)s); the results do not depend on it.",
-    )
-    parser.add_argument("--seeds", type=int, default=10, help="Seeds of each sweep's grid point "
-                        "(default: %(default)s).")  # fmt: skip
+        "--out", default=str(REPO / "docs" / "figures"),
+        help="Where the figures go (default: docs/figures).",
+    )  # fmt: skip
+    parser.add_argument(
+        "--root_dir", default=None,
+        help="Keep the runs in this folder (default: a temporary folder, removed at the end); "
+        "runs already there are kept.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--jobs", type=at_least(1), default=cores(),
+        help="Sweep jobs (default: the machine's cores, %(default)s); the results do not "
+        "depend on it.",
+    )  # fmt: skip
+    parser.add_argument(
+        "--seeds", type=at_least(2), default=10,
+        help="Seeds of each sweep's grid point, at least 2 for a spread (default: %(default)s).",
+    )  # fmt: skip
     args, extra = parser.parse_known_args(argv)
     args.data_dir = str(Path(args.data_dir).resolve())
     with tempfile.TemporaryDirectory(prefix="make_figures.") as temporary:

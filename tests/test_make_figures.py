@@ -48,3 +48,19 @@ def test_make_figures_prints_the_readme_table_and_draws_the_same_bytes_again(
     assert table[4].startswith("| `configs/softmax.yaml` (10 digits) | 42 | 1 | 0 | ")
     assert table[5].startswith("| `configs/softmax.yaml` (10 digits) | 0–1 | 1.0 ± 0.0 | ")
     assert table[6] == ""
+
+
+@pytest.mark.parametrize(
+    "argument, message",
+    [("--seeds=1", "argument --seeds: expected a whole number >= 2, got '1'"),
+     ("--jobs=0", "argument --jobs: expected a whole number >= 1, got '0'")],
+)  # fmt: skip
+def test_bad_input_is_one_line_and_trains_nothing(
+    argument: str, message: str, tmp_path: Path
+) -> None:
+    command = [sys.executable, str(REPO / "docs" / "make_figures.py"), argument,
+               f"--root_dir={tmp_path / 'runs'}", f"--out={tmp_path / 'out'}"]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.splitlines() == [f"error: {message}"]
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()
