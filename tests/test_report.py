@@ -12,14 +12,9 @@ import pytest
 from conftest import REPO, run_dir, run_train
 from PIL import Image
 
-from mnist_linear.figures import (
-    compare,
-    curves,
-    final_figure,
-    sweep_weights_figure,
-    weights_figure,
-)
+from mnist_linear.figures import curves, weights_figure
 from mnist_linear.report import figure_sets, load_run, main
+from mnist_linear.sweep_figures import compare, final_figure, sweep_weights_figure
 
 SMALL_SOFTMAX = (f"--config={REPO / 'configs' / 'softmax.yaml'}", "--data.train_size=2000",
                  "--trainer.max_epochs=1")  # fmt: skip

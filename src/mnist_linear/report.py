@@ -33,8 +33,9 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mnist_linear.errors import OneLineArgumentParser, fail
-from mnist_linear.figures import ReportError, Run, run_figures, sweep_figures
+from mnist_linear.figures import ReportError, Run, run_figures
 from mnist_linear.run import logger_version
+from mnist_linear.sweep_figures import sweep_figures
 
 CONFIG_HEADER = "# config: "
 EVENTS = "events.out.tfevents.*"
