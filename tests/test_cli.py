@@ -20,8 +20,8 @@ from mnist_linear.model import LinearClassifier
 
 RESULT_KEYS = {
     "train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc",
-    "weight_norm", "best_epoch", "stopped_epoch", "stop_reason", "global_step", "threads",
-    "seconds",
+    "weight_norm", "best_epoch", "best_step", "stopped_epoch", "stop_reason", "global_step",
+    "threads", "seconds",
 }  # fmt: skip
 
 

@@ -397,7 +397,8 @@ class TrainingProgressBar(TQDMProgressBar):
     The ten evaluations of an epoch take milliseconds each; a bar for each one would
     print thirty lines an epoch and cost more than the evaluation. The latest
     validation loss and accuracy appear on the training bar instead (the model logs
-    them with ``prog_bar=True``). ``trainer.validate`` keeps its bar.
+    them with ``prog_bar=True``). ``trainer.validate`` keeps its bar. The training bar
+    counts blocks (``block/s``): one block is the SGD steps of one evaluation interval.
 
     Args:
         refresh_rate: Training batches (blocks) between redraws of the bar; 0 hides it.
@@ -405,6 +406,11 @@ class TrainingProgressBar(TQDMProgressBar):
 
     def __init__(self, refresh_rate: NonNegativeInt = 1) -> None:
         super().__init__(refresh_rate=check_int("refresh_rate", refresh_rate, 0))
+
+    def init_train_tqdm(self) -> tqdm:
+        bar = super().init_train_tqdm()
+        bar.unit = "block"  # a training batch is a block of mini-batches (docs/design.md)
+        return bar
 
     def init_validation_tqdm(self) -> tqdm:
         if self.trainer.state.fn == "fit":

@@ -460,7 +460,12 @@ def fit_and_report(cli: MNISTLinearCLI) -> dict[str, Any] | None:
     if threads is not None:  # Lightning's DDP leaves torch's threads alone when this is set
         os.environ["OMP_NUM_THREADS"] = str(threads)
         torch.set_num_threads(threads)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cli.config.get("ckpt_path"))
+    with warnings.catch_warnings():
+        if cli.run_dir is not None and cli._resumed_in() == cli.run_dir.resolve():
+            # A resume in its own folder finds its own checkpoints there; Lightning's
+            # warning is for a new run writing over another's.
+            warnings.filterwarnings("ignore", message="Checkpoint directory .* is not empty")
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cli.config.get("ckpt_path"))
     results = next(c for c in trainer.callbacks if isinstance(c, RunResults)).results
     if results is None and cli.run_dir is not None and (cli.run_dir / "results.json").is_file():
         results = json.loads((cli.run_dir / "results.json").read_text())

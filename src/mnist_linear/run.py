@@ -410,6 +410,7 @@ class RunResults(L.Callback):
             pl_module.to(where)
         results.update(
             best_epoch=None if stopping is None else stopping.best_epoch,
+            best_step=None if stopping is None else stopping.best_step,
             stopped_epoch=None if stopping is None else stopping.stopped_epoch,
             stop_reason=None if stopping is None else stopping.stop_reason,
             global_step=trainer.global_step,

@@ -1,0 +1,92 @@
+"""What a run and a report print: what the user needs, and none of a library's noise."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, run_dir, run_train
+
+SMALL = (f"--config={REPO / 'configs' / 'logistic.yaml'}", "--data.train_size=2000")  # 10 steps
+NOT_EMPTY = "exists and is not empty"  # Lightning's warning about a checkpoint folder
+
+
+@pytest.fixture(scope="module")
+def resumed(
+    tmp_path_factory: pytest.TempPathFactory, mnist_root: Path
+) -> tuple[Path, list[subprocess.CompletedProcess]]:
+    """A run resumed twice in its folder, and what the two resumes printed.
+
+    First from its last.ckpt of epoch 0 to epoch 1; then again from a copy of that
+    checkpoint, after the first resume had logged past it, as a run killed after a
+    checkpoint is.
+    """
+    root = tmp_path_factory.mktemp("resumed")
+    first = run_train(*SMALL, "--trainer.max_epochs=1", root=root, mnist=mnist_root)
+    assert first.returncode == 0, first.stderr[-3000:]
+    checkpoints = run_dir(root) / "checkpoints"
+    shutil.copy(checkpoints / "last.ckpt", checkpoints / "epoch0.ckpt")
+    resume = (*SMALL, "--trainer.max_epochs=2")
+    resumes = [
+        run_train(*resume, f"--ckpt_path={checkpoints / name}", root=root, mnist=mnist_root)
+        for name in ("last.ckpt", "epoch0.ckpt")
+    ]
+    for done in resumes:
+        assert done.returncode == 0, done.stderr[-3000:]
+    return run_dir(root), resumes
+
+
+@pytest.mark.slow
+def test_a_resume_in_its_own_folder_says_nothing_of_its_checkpoints(resumed) -> None:
+    _, resumes = resumed
+    for done in resumes:
+        assert "Restored all states from the checkpoint" in done.stdout + done.stderr
+        assert NOT_EMPTY not in done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_a_new_run_writing_into_another_runs_checkpoints_is_still_warned(
+    tmp_path: Path, mnist_root: Path
+) -> None:
+    logger = ("--trainer.logger=TensorBoardLogger", f"--trainer.logger.save_dir={tmp_path}",
+              "--trainer.logger.version=fixed")  # fmt: skip
+    outputs = []
+    for _ in range(2):
+        done = run_train(*SMALL, "--trainer.max_epochs=1", *logger, root=tmp_path, mnist=mnist_root)
+        assert done.returncode == 0, done.stderr[-3000:]
+        outputs.append(done.stdout + done.stderr)
+    assert NOT_EMPTY not in outputs[0]
+    assert NOT_EMPTY in outputs[1]
+
+
+@pytest.mark.slow
+def test_the_report_of_a_resumed_run_prints_only_the_files_it_wrote(
+    resumed, tmp_path: Path
+) -> None:
+    folder, _ = resumed
+    assert len(list(folder.glob("events.out.tfevents.*"))) == 3
+    command = [sys.executable, "-m", "mnist_linear.report", str(folder), "--out", str(tmp_path)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr == ""
+    assert done.stdout.splitlines() == [
+        str(tmp_path / name) for name in ("loss.png", "accuracy.png", "weights.png")
+    ]
+
+
+@pytest.mark.slow
+def test_the_progress_bar_counts_blocks(tmp_path: Path, mnist_root: Path) -> None:
+    command = [
+        sys.executable, str(REPO / "train.py"), *SMALL, "--trainer.max_epochs=1",
+        f"--data.data_dir={mnist_root}", f"--trainer.default_root_dir={tmp_path}",
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = (done.stdout + done.stderr).replace("\r", "\n").splitlines()
+    bar = [line for line in printed if line.startswith("Epoch 0:")]  # the training bar
+    assert any("9/9 [" in line for line in bar)  # nine mini-batches of 2s and 3s: nine blocks
+    assert all("block/s" in line or "s/block" in line for line in bar if "/9 [" in line)
+    assert not any("it/s" in line or "s/it" in line for line in bar)
