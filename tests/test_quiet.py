@@ -48,21 +48,6 @@ def test_a_resume_in_its_own_folder_says_nothing_of_its_checkpoints(resumed) -> 
 
 
 @pytest.mark.slow
-def test_a_new_run_writing_into_another_runs_checkpoints_is_still_warned(
-    tmp_path: Path, mnist_root: Path
-) -> None:
-    logger = ("--trainer.logger=TensorBoardLogger", f"--trainer.logger.save_dir={tmp_path}",
-              "--trainer.logger.version=fixed")  # fmt: skip
-    outputs = []
-    for _ in range(2):
-        done = run_train(*SMALL, "--trainer.max_epochs=1", *logger, root=tmp_path, mnist=mnist_root)
-        assert done.returncode == 0, done.stderr[-3000:]
-        outputs.append(done.stdout + done.stderr)
-    assert NOT_EMPTY not in outputs[0]
-    assert NOT_EMPTY in outputs[1]
-
-
-@pytest.mark.slow
 def test_the_report_of_a_resumed_run_prints_only_the_files_it_wrote(
     resumed, tmp_path: Path
 ) -> None:
