@@ -34,7 +34,6 @@ import csv
 import io
 import itertools
 import json
-import multiprocessing
 import os
 import shlex
 import shutil
@@ -51,7 +50,7 @@ from pathlib import Path
 from mnist_linear.errors import USAGE_ERROR, OneLineArgumentParser, fail
 from mnist_linear.files import atomic_write_text
 from mnist_linear.locks import LOCK, claim, describe, holders, release, this_owner
-from mnist_linear.workers import NOT_STARTED, fresh_state, train, worker_pool
+from mnist_linear.workers import NOT_STARTED, context, fresh_state, train, worker_pool
 
 DEFAULT_GRID = "model.l2_lambda=0,0.0001,0.001,0.01"
 METRICS = (
@@ -297,7 +296,7 @@ class Workers:
     """
 
     def __init__(self, jobs: int) -> None:
-        self.stop = multiprocessing.get_context("spawn").Event()
+        self.stop = context().Event()
         self.pools = [worker_pool(self.stop) for _ in range(jobs)]
         for pool in self.pools:  # start them now: their imports overlap
             pool.submit(int)

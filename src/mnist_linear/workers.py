@@ -1,12 +1,12 @@
 """A sweep's worker processes: each imports torch and Lightning once and trains run after run.
 
 A worker is the single process of a :class:`~concurrent.futures.ProcessPoolExecutor`
-started with the ``spawn`` context (:func:`worker_pool`). :func:`train` runs one run
-as ``train.py`` would, in the worker: its own Trainer, its own folder, what it prints
-in its ``train.log``, its own seed. A run starts from the state a new process has and
-leaves nothing to the next (:func:`fresh_state`). A run whose strategy starts
-processes of its own (DDP) is trained by ``python -m mnist_linear.cli`` as a child,
-since Lightning starts those processes by running the main script again.
+(:func:`worker_pool`), forked from a fork server that holds the imports (:func:`context`).
+:func:`train` runs one run as ``train.py`` would, in the worker: its own Trainer, its own
+folder, what it prints in its ``train.log``, its own seed. A run starts from the state a
+new process has and leaves nothing to the next (:func:`fresh_state`). A run whose
+strategy starts processes of its own (DDP) is trained by ``python -m mnist_linear.cli``
+as a child, since Lightning starts those processes by running the main script again.
 
 Signals: a worker ignores SIGINT between runs; during a run, SIGINT stops the training
 as Ctrl-C stops ``train.py`` (Lightning's graceful shutdown, the ``last.ckpt`` of the
@@ -32,7 +32,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from mnist_linear.locks import add_process
+from mnist_linear.locks import add_process, alive, this_owner
 
 NOT_STARTED = None  # train's result for a run the sweep stopped before it began
 _stop: Any = None  # the sweep's multiprocessing Event: no run starts once it is set
@@ -40,22 +40,36 @@ _fresh: dict[str, Any] = {}  # the random states of a new process
 _busy = threading.Event()
 
 
+def context() -> multiprocessing.context.BaseContext:
+    """The workers' start method: ``forkserver`` where there is one, else ``spawn``.
+
+    The fork server is a new process that imports train.py's modules once (torch and
+    Lightning among them, seconds), and each worker is a fork of it, ready at once; it
+    serves every sweep of the process that started it, and starts no thread or GPU
+    context that a fork could copy. Under ``spawn`` each worker imports them itself.
+    """
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    server = multiprocessing.get_context("forkserver")
+    server.set_forkserver_preload(["mnist_linear.cli"])
+    return server
+
+
 def worker_pool(stop: Any) -> ProcessPoolExecutor:
     """One worker process; :func:`train` runs in it. ``stop``: the sweep's Event."""
-    context = multiprocessing.get_context("spawn")
     return ProcessPoolExecutor(
-        max_workers=1, mp_context=context, initializer=_start, initargs=(stop, os.getpid())
+        max_workers=1, mp_context=context(), initializer=_start, initargs=(stop, this_owner())
     )
 
 
-def _start(stop: Any, parent: int) -> None:
+def _start(stop: Any, sweep: str) -> None:
     global _stop
     _stop = stop
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C: the sweep decides
     import mnist_linear.cli  # noqa: F401  (the imports a run needs, once per worker)
 
     remember_fresh_state()
-    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
+    threading.Thread(target=_watch_sweep, args=(sweep,), daemon=True).start()
 
 
 def remember_fresh_state() -> None:
@@ -67,12 +81,12 @@ def remember_fresh_state() -> None:
                   python=random.getstate(), environ=dict(os.environ))  # fmt: skip
 
 
-def _watch_parent(parent: int) -> None:
+def _watch_sweep(sweep: str) -> None:
     # A sweep killed outright (SIGKILL) leaves its workers waiting for work that never
-    # comes: once the parent is gone, a worker ends when its run, if any, has ended.
+    # comes: once the sweep is gone, a worker ends when its run, if any, has ended.
     while True:
         time.sleep(1)
-        if os.getppid() != parent and not _busy.is_set():
+        if not alive(sweep) and not _busy.is_set():
             os._exit(0)
 
 
