@@ -25,14 +25,10 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 from mnist_linear.callbacks import ValidationLossEarlyStopping
 from mnist_linear.cli import CLI_KWARGS, MNISTLinearCLI, main
 from mnist_linear.data import MNISTSubsetDataModule
+from mnist_linear.folders import claim_version
 from mnist_linear.model import LinearClassifier
-from mnist_linear.run import (
-    AtomicCheckpointIO,
-    AtomicTensorBoardLogger,
-    RunResults,
-    claim_version,
-    read_checkpoint,
-)
+from mnist_linear.resume import read_checkpoint
+from mnist_linear.run import AtomicCheckpointIO, AtomicTensorBoardLogger, RunResults
 
 SMALL = (f"--config={REPO / 'configs' / 'logistic.yaml'}", "--data.train_size=2000")  # 10 steps
 

@@ -8,11 +8,9 @@ events, ``config.yaml`` (the resolved configuration), ``checkpoints/`` and
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
-import shutil
 import sys
 import warnings
 from collections.abc import Sequence
@@ -26,8 +24,7 @@ from lightning.fabric.plugins import CheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
-from lightning.pytorch.loggers import TensorBoardLogger
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_only
+from lightning.pytorch.utilities import rank_zero_info
 
 from mnist_linear.callbacks import (
     LearningRateAnnealing,
@@ -37,42 +34,24 @@ from mnist_linear.callbacks import (
 from mnist_linear.data import MNISTSubsetDataModule, SplitTooSmallError
 from mnist_linear.errors import USAGE_ERROR, PositiveInt, Seed, check_folder, fail
 from mnist_linear.files import NO_ROOM
+from mnist_linear.folders import RunFolder, RunFolderError, launched_as_rank_zero, run_folder_of
 from mnist_linear.mnist_files import DataFolderError, MNISTFilesError
 from mnist_linear.model import LinearClassifier
-from mnist_linear.run import (
-    AtomicCheckpointIO,
-    AtomicTensorBoardLogger,
+from mnist_linear.resume import (
     CheckpointError,
     RunRecord,
-    RunResults,
-    claim_run_folder,
-    first_missing,
     flat_settings,
-    holds_a_run,
-    logger_version,
-    named_run_folder,
     read_checkpoint,
     refused_changes,
     refused_shortening,
-    run_folder_of,
     segments_of,
 )
+from mnist_linear.run import AtomicCheckpointIO, RunResults
 from mnist_linear.trainer_flags import (
     TrainerFlagError,
     check_evaluation_interval,
     check_trainer_flags,
 )
-
-
-def launched_as_rank_zero() -> bool:
-    """Whether this process is, or will be, global rank zero, before the Trainer knows it.
-
-    Lightning's ``rank_zero_only.rank`` is read from ``RANK``, ``LOCAL_RANK`` or
-    ``SLURM_PROCID`` on import; on nodes started by hand every node's ``LOCAL_RANK`` is
-    0, and only ``NODE_RANK`` tells them apart.
-    """
-    node = os.environ.get("NODE_RANK") or os.environ.get("GROUP_RANK") or "0"
-    return rank_zero_only.rank == 0 and ("RANK" in os.environ or int(node) == 0)
 
 
 class UsageError(Exception):
@@ -111,11 +90,14 @@ class MNISTLinearCLI(LightningCLI):
     holds its config.yaml, checkpoints, results.json and, with a logger, its logs.
     """
 
-    run_dir: Path | None = None
-    claimed = False  # run_dir is a new folder this process made
-    made: Path | None = None  # the outermost folder made to hold it
+    folder = RunFolder()  # replaced by the run's own when its arguments are parsed
     checkpoint: dict[str, Any] | None = None
     config_text = ""
+
+    @property
+    def run_dir(self) -> Path | None:
+        """The run's folder (``None`` in a process that does not write: not rank zero)."""
+        return self.folder.path
 
     def add_default_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         """Lightning's ``--seed_everything``, typed so that a seed out of range is refused."""
@@ -194,6 +176,7 @@ class MNISTLinearCLI(LightningCLI):
                 self.checkpoint = read_checkpoint(ckpt_path)
             except CheckpointError as error:
                 raise UsageError(f"--ckpt_path: {error}") from None
+        self.folder = RunFolder(None if ckpt_path is None else run_folder_of(ckpt_path))
 
     def check_resume(self) -> None:
         """Refuse a resume that would change the checkpoint's run, or shorten it.
@@ -249,55 +232,15 @@ class MNISTLinearCLI(LightningCLI):
         first = self._configured_logger()
         if first is not None and launched_as_rank_zero():
             init = first.init_args
-            name = init.get("name") or "lightning_logs"
-            version = init.get("version")
-            resumed_in = self._resumed_in()
-            if (
-                version is None
-                and resumed_in is not None
-                and (resumed_in.parent == Path(init.save_dir, name).resolve())
-            ):  # resumed inside this logger's own folder: continue there
-                self.run_dir = resumed_in
-            else:
-                if version is not None:
-                    folder = named_run_folder(init.save_dir, name, version)
-                    if holds_a_run(folder) and folder.resolve() != resumed_in:
-                        raise UsageError(
-                            f"--trainer.logger.version {version}: {folder} holds another run "
-                            "(its config.yaml, checkpoints or results.json), and a run never "
-                            "writes into another run's folder; resume that run with --ckpt_path "
-                            f"{folder / 'checkpoints' / 'last.ckpt'}, or give another version"
-                        )
-                    self.made = first_missing(folder)
-                else:
-                    self.made = first_missing(Path(init.save_dir, name))
-                self.run_dir, self.claimed = claim_or_refuse(
-                    "--trainer.logger.save_dir", init.save_dir, name, version
-                )
-            init.version = logger_version(self.run_dir)
-
-    def _resumed_in(self) -> Path | None:
-        ckpt_path = self.config.get("ckpt_path")
-        return None if ckpt_path is None else run_folder_of(ckpt_path)
+            try:
+                init.version = self.folder.for_logger(init.save_dir, init.get("name"),
+                                                      init.get("version"))  # fmt: skip
+            except RunFolderError as error:
+                raise UsageError(str(error)) from None
 
     def discard_run_folder(self) -> None:
-        """Remove the folder this process claimed for a run that was refused before training.
-
-        Only a folder it created itself and that holds no checkpoint: never a resumed
-        run's folder, never one named by ``--trainer.logger.version`` that was there
-        before (a sweep's). The folders made
-        to hold it (``lightning_logs``, a new ``default_root_dir``) go too, if empty.
-        """
-        run, claimed, self.claimed = self.run_dir, self.claimed, False
-        if not claimed or run is None or not run.is_dir() or any(run.glob("checkpoints/*.ckpt")):
-            return
-        shutil.rmtree(run, ignore_errors=True)
-        if self.made is not None:
-            for folder in (run.parent, *run.parent.parents):
-                with contextlib.suppress(OSError):  # not empty: another run's
-                    folder.rmdir()
-                if folder == self.made:
-                    break
+        """Remove the run folder this process made, if the run was refused before training."""
+        self.folder.discard()
 
     def instantiate_trainer(self, **kwargs: Any) -> L.Trainer:
         """The Trainer, with a run folder of its own under ``default_root_dir``.
@@ -333,33 +276,18 @@ class MNISTLinearCLI(LightningCLI):
             raise
 
     def _run_folder(self, trainer_config: dict[str, Any]) -> dict[str, Any]:
-        """Trainer arguments that put a run without a configured logger in its own folder."""
+        """The Trainer's arguments that make the run write into its folder."""
         logger = trainer_config.get("logger")
-        resumed_in = self._resumed_in()
-        # Resumed: TensorBoard hides what the interrupted run logged after the checkpoint,
-        # whose last evaluation and images were logged at its own step.
-        purge = {} if resumed_in is None else {"purge_step": self.checkpoint["global_step"] + 1}
-        if logger not in (None, True, False):  # its folder was claimed before instantiation
-            resumed_here = self.run_dir is not None and resumed_in == self.run_dir.resolve()
-            if isinstance(logger, TensorBoardLogger) and resumed_here:
-                init_args = {**self.config.trainer.logger.init_args.as_dict(), **purge}
-                return {"logger": TensorBoardLogger(**init_args)}
-            return {}
-        root = trainer_config.get("default_root_dir") or os.getcwd()
-        if resumed_in is not None:
-            self.run_dir = resumed_in
-        elif launched_as_rank_zero():  # rank zero's folder reaches the others through Lightning
-            self.made = first_missing(Path(root, "lightning_logs"))
-            self.run_dir, self.claimed = claim_or_refuse("--trainer.default_root_dir", root)
-        if logger is False:
-            return {} if self.run_dir is None else {"default_root_dir": str(self.run_dir)}
-        run = self.run_dir or Path(root, "lightning_logs", "unclaimed")
-        version = None if self.run_dir is None else logger_version(run)
-        return {
-            "logger": AtomicTensorBoardLogger(
-                run.parents[1], run.parent.name, version, default_hp_metric=False, **purge
+        configured = self._configured_logger()
+        try:
+            return self.folder.trainer_arguments(
+                logger,
+                {} if configured is None else configured.init_args.as_dict(),
+                trainer_config.get("default_root_dir") or os.getcwd(),
+                None if self.checkpoint is None else self.checkpoint["global_step"] + 1,
             )
-        }
+        except RunFolderError as error:
+            raise UsageError(str(error)) from None
 
     def instantiate_classes(self) -> None:
         try:
@@ -382,21 +310,6 @@ class MNISTLinearCLI(LightningCLI):
                 f"--ckpt_path: {self.config.ckpt_path} holds weights of shapes {saved}, "
                 f"this model has {shapes}"
             )
-
-
-def claim_or_refuse(
-    option: str, save_dir: str | os.PathLike, name: str = "lightning_logs", version: Any = None
-) -> tuple[Path, bool]:
-    """:func:`claim_run_folder`; a folder that cannot be made there is bad input (``option``)."""
-    try:
-        return claim_run_folder(save_dir, name, version)
-    except OSError as error:
-        if error.errno in NO_ROOM:
-            raise
-        where = error.filename or Path(save_dir, name)
-        raise UsageError(
-            f"{option}: cannot make a run folder in {where}: {error.strerror}"
-        ) from None
 
 
 CLI_KWARGS: dict[str, Any] = dict(
@@ -461,7 +374,7 @@ def fit_and_report(cli: MNISTLinearCLI) -> dict[str, Any] | None:
         os.environ["OMP_NUM_THREADS"] = str(threads)
         torch.set_num_threads(threads)
     with warnings.catch_warnings():
-        if cli.run_dir is not None and cli._resumed_in() == cli.run_dir.resolve():
+        if cli.folder.resumed_here:
             # A resume in its own folder finds its own checkpoints there; Lightning's
             # warning is for a new run writing over another's.
             warnings.filterwarnings("ignore", message="Checkpoint directory .* is not empty")

@@ -34,7 +34,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from mnist_linear.errors import OneLineArgumentParser, fail
 from mnist_linear.figures import ReportError, Run, run_figures
-from mnist_linear.run import logger_version
+from mnist_linear.folders import logger_version
 from mnist_linear.sweep_figures import sweep_figures
 
 CONFIG_HEADER = "# config: "

@@ -175,7 +175,7 @@ def differences(args: argparse.Namespace, runs: list[Run], extra: list[str]) -> 
     """
     from mnist_linear.checks import parse_only
     from mnist_linear.cli import UsageError
-    from mnist_linear.run import changed_settings, flat_settings
+    from mnist_linear.resume import changed_settings, flat_settings
 
     def settings(arguments: list[str]) -> dict[str, str]:
         config = parse_only(arguments).as_dict()
