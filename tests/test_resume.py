@@ -11,7 +11,7 @@ import lightning as L
 import pytest
 import torch
 import yaml
-from conftest import REPO, run_dir, run_train
+from conftest import REPO, run_dir, run_train, train_in_process
 
 from mnist_linear.cli import main
 from mnist_linear.data import MNISTSubsetDataModule
@@ -303,3 +303,23 @@ def test_a_resume_in_a_new_folder_that_finds_no_better_epoch_still_holds_the_bes
     assert expected.keys() == got.keys()
     for key, value in expected.items():
         assert torch.equal(got[key], value), key
+
+
+def test_a_resume_with_nothing_left_to_train_reports_the_restored_weights(
+    tmp_path: Path, mnist_root: Path
+) -> None:
+    # Lightning skips on_train_start and on_train_end when no epoch is left: the early-
+    # stopping callback restores the best epoch at on_fit_end, before results.json is made.
+    run = (*SMALL, "--model.learning_rate=1.0", "--annealing.T=null",
+           "--early_stopping.patience=10", "--trainer.max_epochs=4",
+           f"--data.data_dir={mnist_root}", f"--trainer.default_root_dir={tmp_path}",
+           "--trainer.enable_progress_bar=false")  # fmt: skip
+    train_in_process(*run)
+    folder = run_dir(tmp_path)
+    before = json.loads((folder / "results.json").read_text())
+    assert before["best_epoch"] < before["stopped_epoch"] == 3  # the last weights are not the best
+    train_in_process(*run, f"--ckpt_path={folder / 'checkpoints' / 'last.ckpt'}")
+    after = json.loads((folder / "results.json").read_text())
+    assert {k: v for k, v in after.items() if k != "seconds"} == {
+        k: v for k, v in before.items() if k != "seconds"
+    }

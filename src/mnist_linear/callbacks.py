@@ -247,14 +247,20 @@ class ValidationLossEarlyStopping(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.finish(trainer, pl_module)
 
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # A run resumed from the checkpoint of its last epoch trains nothing: Lightning
+        # then calls neither on_train_start nor on_train_end, and the run's folder and
+        # weights are settled here.
+        self.ensure_best_file(trainer, pl_module)
+        self.finish(trainer, pl_module)
+
     def finish(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Name the stop if early stopping did not stop training, and load the best weights back.
 
         The epoch of the stop is the last epoch trained (``None`` when none was), whether
         or not it was evaluated; the reason is the limit that ended training
-        (:func:`limit_reached`). Called when training ends; also callable when Lightning
-        skips training altogether (a run resumed from the checkpoint of its last epoch),
-        and harmless twice.
+        (:func:`limit_reached`). This callback is the one that restores the weights: when
+        training ends, and again, harmlessly, when fitting ends.
         """
         if self.stopped_epoch is None:
             self.stopped_epoch = self.trained_epoch

@@ -270,10 +270,14 @@ class MNISTLinearCLI(LightningCLI):
         if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
             kwargs["plugins"] = [*plugins, AtomicCheckpointIO()]
         try:
-            return super().instantiate_trainer(**kwargs)
+            trainer = super().instantiate_trainer(**kwargs)
         except BaseException:
             self.discard_run_folder()  # a Trainer refused before anything was trained
             raise
+        # Last, after the callbacks' sections: it measures the weights early stopping restored.
+        results = next(c for c in trainer.callbacks if isinstance(c, RunResults))
+        trainer.callbacks = [*(c for c in trainer.callbacks if c is not results), results]
+        return trainer
 
     def _run_folder(self, trainer_config: dict[str, Any]) -> dict[str, Any]:
         """The Trainer's arguments that make the run write into its folder."""

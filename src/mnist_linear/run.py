@@ -67,9 +67,10 @@ class AtomicTensorBoardLogger(TensorBoardLogger):
 class RunResults(L.Callback):
     """Measure the final weights on the three whole splits when fitting ends.
 
-    Runs in every process that trains, at ``on_fit_end``, so after every callback's
-    ``on_train_end`` (early stopping's restore among them) whatever their order; rank
-    zero writes ``results.json`` into the run folder and prints a summary. ``seconds``
+    Runs in every process that trains, at ``on_fit_end``, and must come after the
+    early-stopping callback in the Trainer's callbacks, whose ``on_fit_end`` restores
+    the best weights (train.py puts it last); rank zero writes ``results.json`` into
+    the run folder and prints a summary. ``seconds``
     counts from the start of fitting to the end of this evaluation; ``threads`` is
     torch's number of CPU threads when fitting started.
 
@@ -98,9 +99,6 @@ class RunResults(L.Callback):
         stopping = next(
             (c for c in trainer.callbacks if isinstance(c, ValidationLossEarlyStopping)), None
         )
-        if stopping is not None:  # also when a resumed run had no epoch left to train
-            stopping.ensure_best_file(trainer, pl_module)
-            stopping.finish(trainer, pl_module)
         datamodule = trainer.datamodule
         splits = datamodule.splits()
         # Lightning's teardown has moved the model to the CPU; the splits stay where the
