@@ -19,8 +19,10 @@ from conftest import REPO, read_results, run_train, sweep_command
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
+from mnist_linear.grid import Run, parse_grid, runs_of, split_values
 from mnist_linear.locks import claim, release
-from mnist_linear.sweep import METRICS, Run, main, parse_args, parse_grid, runs_of, split_values
+from mnist_linear.summary import METRICS
+from mnist_linear.sweep import main, parse_args
 
 NAMES = [f"model.l2_lambda={lam},seed={seed}" for lam in ("0", "0.01") for seed in (0, 1)]
 

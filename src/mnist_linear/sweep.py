@@ -29,35 +29,20 @@ the end of every sweep. Arguments the sweep does not know go to train.py unchang
 from __future__ import annotations
 
 import argparse
-import contextlib
-import csv
-import io
 import itertools
-import json
 import os
 import shlex
-import shutil
-import signal
-import statistics
 import sys
-import time
 from collections.abc import Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, wait
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from mnist_linear.errors import USAGE_ERROR, OneLineArgumentParser, fail
-from mnist_linear.files import atomic_write_text
-from mnist_linear.locks import LOCK, claim, describe, holders, release, this_owner
-from mnist_linear.workers import NOT_STARTED, context, fresh_state, train, worker_pool
+from mnist_linear.grid import SEED_KEYS, Run, parse_grid, runs_of
+from mnist_linear.schedule import Workers, results_of, train_all
+from mnist_linear.summary import write_summary
+from mnist_linear.workers import fresh_state
 
 DEFAULT_GRID = "model.l2_lambda=0,0.0001,0.001,0.01"
-METRICS = (
-    "train/acc", "val/acc", "test/acc", "train/loss", "val/loss", "test/loss",
-    "weight_norm", "best_epoch", "stopped_epoch",
-)  # fmt: skip
-OPENING, CLOSING = "[({", "])}"
 # Keys of a run's config.yaml that say where it reads and writes, not what it computes:
 # a rerun may change them (another data folder holding the same bytes) and find it done.
 PLUMBING = (
@@ -65,61 +50,6 @@ PLUMBING = (
     "trainer.enable_progress_bar", "threads",
 )  # fmt: skip
 INTERRUPTED = 130
-SEED_KEYS = ("seed_everything", "data.seed")  # what --seeds sets
-
-
-def split_values(text: str) -> list[str]:
-    """``0,0.1`` -> ``['0', '0.1']``; commas inside brackets stay: ``[2,3],null``."""
-    values, depth, current = [], 0, ""
-    for char in text:
-        depth += (char in OPENING) - (char in CLOSING)
-        if char == "," and depth == 0:
-            values.append(current)
-            current = ""
-        else:
-            current += char
-    return [*values, current]
-
-
-def parse_grid(entry: str) -> tuple[str, list[str]]:
-    """``KEY=V1,V2`` -> ``(KEY, [V1, V2])``; argparse's error for a malformed entry."""
-    key, sep, values = entry.partition("=")
-    key = key.strip().removeprefix("--")
-    items = [v.strip() for v in split_values(values)] if sep else []
-    if not key or not items or not all(items):
-        raise argparse.ArgumentTypeError(
-            f"expected KEY=V1,V2,... with a config key and at least one value, got {entry!r}"
-        )
-    return key, items
-
-
-@dataclass(frozen=True)
-class Run:
-    """One training of the sweep: a grid point and a seed (``None``: the config's own)."""
-
-    point: tuple[tuple[str, str], ...]
-    seed: int | None
-
-    @property
-    def point_name(self) -> str:
-        return ",".join(f"{key}={value}" for key, value in self.point)
-
-    @property
-    def name(self) -> str:
-        seed = [] if self.seed is None else [f"seed={self.seed}"]
-        return ",".join([self.point_name, *seed] if self.point else seed) or "run"
-
-    def arguments(self) -> list[str]:
-        seeds = [] if self.seed is None else [f"--{key}={self.seed}" for key in SEED_KEYS]
-        return [*(f"--{key}={value}" for key, value in self.point), *seeds]
-
-
-def runs_of(grid: Sequence[tuple[str, list[str]]], seeds: int | None) -> list[Run]:
-    """The cartesian product of the grid, each point with seeds 0 to seeds - 1."""
-    keys = [key for key, _ in grid]
-    points = [tuple(zip(keys, values, strict=True)) for values in
-              itertools.product(*(values for _, values in grid))]  # fmt: skip
-    return [Run(p, s) for p in points for s in ([None] if seeds is None else range(seeds))]
 
 
 def check_arguments(
@@ -251,213 +181,6 @@ def threads_per_run(jobs: int) -> int:
     return max(1, (cores or 1) // jobs)
 
 
-def prepare(args: argparse.Namespace, run: Run) -> list[str]:
-    """Ready a claimed run's folder; ``--ckpt_path`` of its last.ckpt when it has one.
-
-    A run that never reached a checkpoint starts again: its folder is emptied, but for
-    the claim.
-    """
-    folder = sweep_folder(args) / run.name
-    last = folder / "checkpoints" / "last.ckpt"
-    if last.is_file():
-        return [f"--ckpt_path={last}"]
-    for path in folder.iterdir():
-        if path.is_dir():
-            shutil.rmtree(path)
-        elif path.name != LOCK:
-            path.unlink()
-    return []
-
-
-def results_of(folder: Path) -> dict | None:
-    try:
-        return json.loads((folder / "results.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
-KILLED = -1  # a run whose worker process ended in the middle of it
-
-
-@dataclass
-class Progress:
-    """What :func:`train_all` did: runs that failed, finished by another sweep, signals."""
-
-    failed: list[Run] = field(default_factory=list)
-    by_others: list[Run] = field(default_factory=list)
-    signals: list[int] = field(default_factory=list)
-
-
-class Workers:
-    """``jobs`` worker processes (:func:`~mnist_linear.workers.worker_pool`), one run each.
-
-    A worker that dies in the middle of a run takes that run only: it is replaced by a
-    new one. ``stop`` is set when the sweep is told to stop; no run starts after that.
-    """
-
-    def __init__(self, jobs: int) -> None:
-        self.stop = context().Event()
-        self.pools = [worker_pool(self.stop) for _ in range(jobs)]
-        for pool in self.pools:  # start them now: their imports overlap
-            pool.submit(int)
-
-    def replace(self, index: int) -> None:
-        self.pools[index].shutdown(wait=False)
-        self.pools[index] = worker_pool(self.stop)
-
-    def shutdown(self) -> None:
-        self.stop.set()
-        for pool in self.pools:
-            pool.shutdown(wait=True, cancel_futures=True)
-
-
-def train_all(
-    args: argparse.Namespace, runs: list[Run], extra: list[str], workers: Workers
-) -> Progress:
-    """Train the runs without results, one per worker at a time, each claimed first.
-
-    A run another live sweep holds is waited for: when its lock goes, it is done (its
-    results.json is there) or this sweep claims and trains it. On SIGINT or SIGTERM no
-    run starts, and each running training gets SIGINT, which stops it as Ctrl-C stops
-    train.py.
-    """
-    todo = [run for run in runs if results_of(sweep_folder(args) / run.name) is None]
-    jobs = len(workers.pools)
-    print(f"{len(runs) - len(todo)} of {len(runs)} runs done already; {len(todo)} to train, "
-          f"{jobs} at a time, {threads_per_run(args.jobs)} thread(s) each.",
-          flush=True)  # fmt: skip
-    guard = sweep_folder(args) / ".claims"
-    guard.parent.mkdir(parents=True, exist_ok=True)
-    running: dict[Future, tuple[Run, int, float]] = {}
-    free = list(range(jobs))
-    waiting: set[Run] = set()
-    progress, finished, total, owner = Progress(), 0, len(todo), this_owner()
-
-    def interrupt_trainings() -> None:
-        workers.stop.set()
-        for run, _, _ in running.values():
-            for holder in holders(sweep_folder(args) / run.name)[1:]:
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(holder.partition("@")[0]), signal.SIGINT)
-
-    def forward(signum: int, frame: object) -> None:
-        progress.signals.append(signum)
-        interrupt_trainings()
-
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        while (todo and not progress.signals) or running:
-            for run in list(todo):
-                if not free or progress.signals:
-                    break
-                folder = sweep_folder(args) / run.name
-                held_by = claim(folder, guard)
-                if held_by is not None:
-                    if run not in waiting:
-                        waiting.add(run)
-                        print(f"{run.name}: being trained by {describe(held_by)} (another "
-                              f"sweep); waiting for it. If no sweep runs there (one that "
-                              f"crashed on another host), remove {folder / LOCK} and this "
-                              "sweep trains it.", flush=True)  # fmt: skip
-                    continue
-                todo.remove(run)
-                if results_of(folder) is not None:  # the other sweep finished it
-                    release(folder)
-                    progress.by_others.append(run)
-                    finished += 1
-                    print(f"[{finished}/{total}] {run.name}: trained by another sweep",
-                          flush=True)  # fmt: skip
-                    continue
-                arguments = [*train_arguments(args, run, extra), *prepare(args, run)]
-                index = free.pop()
-                future = workers.pools[index].submit(train, arguments, str(folder), owner)
-                running[future] = (run, index, time.perf_counter())
-            if not running:
-                time.sleep(0.1)
-                continue
-            done, _ = wait(running, timeout=0.1, return_when=FIRST_COMPLETED)
-            for future in done:
-                run, index, started = running.pop(future)
-                free.append(index)
-                release(sweep_folder(args) / run.name)
-                try:
-                    code = future.result()
-                except BrokenProcessPool:
-                    code = KILLED
-                    workers.replace(index)
-                finished += 1
-                seconds = time.perf_counter() - started
-                print(f"[{finished}/{total}] {run.name}: {outcome(args, run, code, progress)} "
-                      f"({seconds:.1f} s)", flush=True)  # fmt: skip
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if running:  # only if the sweep itself failed
-            interrupt_trainings()
-            wait(running)
-        for run, _, _ in running.values():
-            release(sweep_folder(args) / run.name)
-    return progress
-
-
-def outcome(args: argparse.Namespace, run: Run, code: int | None, progress: Progress) -> str:
-    """How a run's training ended, in words; a failed one goes to ``progress.failed``."""
-    folder = sweep_folder(args) / run.name
-    results = results_of(folder)
-    if code == 0 and results is not None:
-        return (f"val/acc {100 * results['val/acc']:.2f}%, "
-                f"test/acc {100 * results['test/acc']:.2f}%")  # fmt: skip
-    if progress.signals:
-        if (folder / "checkpoints" / "last.ckpt").is_file():
-            return "interrupted; resumes from its last.ckpt"
-        if code is NOT_STARTED:
-            return "not started"
-        return "interrupted before its first checkpoint; starts again"
-    progress.failed.append(run)
-    if code == KILLED:
-        return f"FAILED: its process was killed, see {folder / 'train.log'}"
-    return f"FAILED with exit code {code}, see {folder / 'train.log'}"
-
-
-def summary_rows(args: argparse.Namespace, runs: list[Run]) -> list[dict[str, object]]:
-    """One row per grid point: its values, the finished runs, mean and std of each metric."""
-    rows = []
-    for point, group in itertools.groupby(runs, key=lambda run: run.point):
-        results = [r for r in (results_of(sweep_folder(args) / run.name) for run in group) if r]
-        row: dict[str, object] = {key: value for key, value in point}
-        row["runs"] = len(results)
-        for metric in METRICS:
-            values = [r[metric] for r in results if r.get(metric) is not None]
-            row[f"{metric} mean"] = statistics.fmean(values) if values else ""
-            row[f"{metric} std"] = statistics.stdev(values) if len(values) > 1 else ""
-        rows.append(row)
-    return rows
-
-
-def _cell(value: object, column: str) -> str:
-    if value == "" or not isinstance(value, float):
-        return str(value)
-    if "acc" in column:
-        return f"{100 * value:.2f}%"
-    return f"{value:.4g}"
-
-
-def write_summary(args: argparse.Namespace, runs: list[Run]) -> str:
-    """summary.csv and summary.md in the sweep's folder; returns the Markdown table."""
-    rows = summary_rows(args, runs)
-    columns = list(rows[0])
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(sweep_folder(args) / "summary.csv", text.getvalue())
-    lines = ["| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-    lines += ["| " + " | ".join(_cell(row[c], c) for c in columns) + " |" for row in rows]
-    table = "\n".join(lines) + "\n"
-    atomic_write_text(sweep_folder(args) / "summary.md", table)
-    return table
-
-
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
     parser = OneLineArgumentParser(
         prog="python -m mnist_linear.sweep",
@@ -539,7 +262,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                     command = ["python", *train_command(args, run, extra)[1:]]
                     print(shlex.join(command))
             return
-        progress = train_all(args, runs, extra, workers)
+        folder = sweep_folder(args)
+        progress = train_all(folder, runs, lambda run: train_arguments(args, run, extra),
+                             workers, threads_per_run(args.jobs))  # fmt: skip
         if progress.signals:
             left = sum(results_of(sweep_folder(args) / run.name) is None for run in runs)
             rerun = shlex.join(["python", "-m", "mnist_linear.sweep", *argv])
@@ -553,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             refuse_differences(args, differing)
     finally:
         workers.shutdown()
-    print(write_summary(args, runs), end="")
+    print(write_summary(sweep_folder(args), runs), end="")
     print(f"Summary: {sweep_folder(args) / 'summary.csv'}")
     if progress.failed:
         failed = progress.failed

@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from mnist_linear.figures import ReportError, Run, legend_outside, save, weight_panels
-from mnist_linear.sweep import split_values
+from mnist_linear.grid import split_values
 
 
 def _order(name: str) -> tuple:
