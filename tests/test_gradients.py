@@ -160,7 +160,7 @@ def _huge_logits(model: str, magnitude: float, dtype: torch.dtype):
 
 def _loss_and_gradients(x, y, weight, bias, lam: float) -> list[torch.Tensor]:
     loss = linear_cross_entropy(x, y, weight, bias, lam)
-    return [loss, *torch.autograd.grad(loss, (weight, bias))]
+    return [loss.detach(), *torch.autograd.grad(loss, (weight, bias))]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
