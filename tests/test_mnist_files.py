@@ -73,7 +73,7 @@ def test_torchvision_reads_the_built_files(mnist_root: Path) -> None:
 def test_truncated_file_is_detected_and_rebuilt_saying_so_once(
     mnist_copy: Path, wheel_served: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    path = raw_folder(mnist_copy) / "train-images-idx3-ubyte"
+    path = raw_folder(mnist_copy) / "t10k-images-idx3-ubyte"  # the smaller image file
     with open(path, "r+b") as f:
         f.truncate(1000)
     assert [raw.name for raw in mnist_files.bad_files(path.parent)] == [path.name]
