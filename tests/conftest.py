@@ -46,7 +46,8 @@ OFFLINE_ENV = {
     "NO_PROXY": ",".join(LOOPBACK),
     "PIP_NO_INDEX": "1",
 }
-USER_ENV = {name: os.environ.get(name) for name in OFFLINE_ENV}  # before the session's
+# The user's own values, read at import, before the session replaces them.
+USER_ENV = {name: os.environ.get(name) for name in OFFLINE_ENV}
 SCALAR_TAGS = {
     "train/loss",
     "train/acc",
@@ -78,7 +79,8 @@ def no_network_in_subprocesses() -> Iterator[None]:
     variables (pip, urllib, requests, torchvision's download) fail at once with
     "connection refused", and pip has no index to ask. A subprocess that opens a raw
     socket to another machine is not stopped. :func:`package_index` lifts this for the
-    one pip download a test means to make.
+    pip calls meant to use the index: :func:`hub_wheel`'s, once per machine, and the
+    test of pip's own download.
     """
     with pytest.MonkeyPatch.context() as patch:
         for name, value in OFFLINE_ENV.items():
