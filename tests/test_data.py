@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
-from conftest import REPO
+from conftest import REPO, two_vs_three
 
 from mnist_linear.data import MNISTSubsetDataModule, SplitTooSmallError
 
@@ -30,9 +32,13 @@ def all_digits(mnist_root: Path) -> MNISTSubsetDataModule:
 
 @pytest.fixture(scope="module")
 def twos_threes(mnist_root: Path) -> MNISTSubsetDataModule:
-    dm = MNISTSubsetDataModule(data_dir=str(mnist_root), classes=[2, 3])
-    dm.setup("fit")
-    return dm
+    return two_vs_three(mnist_root)
+
+
+def _idx(mnist_root: Path, name: str) -> np.ndarray:
+    """A raw IDX file's bytes after its header: 16 bytes for images, 8 for labels."""
+    data = (mnist_root / "MNIST" / "raw" / name).read_bytes()
+    return np.frombuffer(data, dtype=np.uint8, offset=16 if "images" in name else 8)
 
 
 def _pixels(images: torch.Tensor) -> torch.Tensor:
@@ -89,11 +95,13 @@ def test_pixels_are_float32_in_unit_range_and_labels_int64(all_digits) -> None:
         assert float(x.min()) == 0.0 and float(x.max()) == 1.0
 
 
-def test_class_means_are_mean_training_images(twos_threes) -> None:
-    x, y = twos_threes.train_set.tensors
+def test_class_means_are_mean_training_images(mnist_root: Path, twos_threes) -> None:
+    images = _idx(mnist_root, "train-images-idx3-ubyte").reshape(60000, 784)[:20000]
+    digits = _idx(mnist_root, "train-labels-idx1-ubyte")[:20000]
     assert twos_threes.class_means.shape == (2, 784)
-    assert torch.allclose(twos_threes.class_means[1], x[y == 1].mean(0))
-    assert torch.allclose(twos_threes.class_means[0], x[y == 0].mean(0))
+    for label, digit in ((1, 2), (0, 3)):
+        expected = images[digits == digit].mean(axis=0, dtype=np.float64) / 255
+        np.testing.assert_allclose(twos_threes.class_means[label], expected, rtol=0, atol=1e-6)
 
 
 def _epoch_order(dm: MNISTSubsetDataModule, epoch: int) -> torch.Tensor:
@@ -103,10 +111,7 @@ def _epoch_order(dm: MNISTSubsetDataModule, epoch: int) -> torch.Tensor:
 
 
 def test_training_order_is_fixed_by_seed_and_epoch(mnist_root: Path, twos_threes) -> None:
-    again = MNISTSubsetDataModule(data_dir=str(mnist_root), classes=[2, 3])
-    again.setup()
-    other_seed = MNISTSubsetDataModule(data_dir=str(mnist_root), classes=[2, 3], seed=43)
-    other_seed.setup()
+    again, other_seed = two_vs_three(mnist_root), two_vs_three(mnist_root, seed=43)
     first = _epoch_order(twos_threes, 3)
     assert torch.equal(first, _epoch_order(again, 3))
     assert not torch.equal(first, _epoch_order(twos_threes, 4))
@@ -118,10 +123,15 @@ def test_train_loader_serves_blocks_of_full_batches_and_drops_the_rest(twos_thre
     blocks = list(loader)
     assert len(loader) == len(blocks) == 10  # one block per evaluation
     assert all(x.shape == (10, 40, 784) and y.shape == (10, 40) for x, y in blocks)
+    # Epoch 0's order, as samplers.py documents it: torch.randperm of the 4005 images,
+    # seeded with the 32 bits of blake2b("seed:epoch"); the first 100 x 40 in that order
+    # make the 100 steps, the last 5 are dropped.
+    digest = hashlib.blake2b(b"42:0", digest_size=4).digest()
+    generator = torch.Generator().manual_seed(int.from_bytes(digest, "little"))
+    order = torch.randperm(4005, generator=generator)[:4000]
     x, y = twos_threes.train_set.tensors
-    order = loader.sampler.steps()  # the epoch's 100 mini-batches
-    assert torch.equal(torch.cat([bx for bx, _ in blocks]), x[order])
-    assert torch.equal(torch.cat([by for _, by in blocks]), y[order])
+    assert torch.equal(torch.cat([bx for bx, _ in blocks]).reshape(4000, 784), x[order])
+    assert torch.equal(torch.cat([by for _, by in blocks]).reshape(4000), y[order])
 
 
 @pytest.mark.parametrize("evaluations, sizes", [(10, [10] * 8 + [9] * 2), (3, [33, 33, 32])])

