@@ -164,9 +164,14 @@ def read_results(root: Path) -> dict:
 def logistic_run(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> Path:
     """A real 3-epoch run of configs/logistic.yaml (300 steps, 30 evaluations): its output root."""
     root = tmp_path_factory.mktemp("logistic")
-    train_in_process(f"--config={REPO / 'configs' / 'logistic.yaml'}", "--trainer.max_epochs=3",
-                     f"--data.data_dir={mnist_root}", f"--trainer.default_root_dir={root}",
-                     "--trainer.enable_progress_bar=false")  # fmt: skip
+    here = Path.cwd()
+    os.chdir(REPO)  # config.yaml records the config as a user gives it: configs/logistic.yaml
+    try:
+        train_in_process("--config=configs/logistic.yaml", "--trainer.max_epochs=3",
+                         f"--data.data_dir={mnist_root}", f"--trainer.default_root_dir={root}",
+                         "--trainer.enable_progress_bar=false")  # fmt: skip
+    finally:
+        os.chdir(here)
     return root
 
 

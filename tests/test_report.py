@@ -9,7 +9,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
-from conftest import REPO, run_dir, run_train
+from conftest import REPO, run_dir, train_in_process
 from PIL import Image
 
 from mnist_linear.figures import curves, weights_figure
@@ -130,9 +130,10 @@ def test_run_without_a_needed_tag_is_refused(tmp_path: Path, capsys: pytest.Capt
 def stepped_run(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> Path:
     """configs/logistic.yaml stopped by max_steps in the middle of epoch 10, tiles 5 apart."""
     root = tmp_path_factory.mktemp("stepped")
-    done = run_train("--config=configs/logistic.yaml", "--trainer.max_steps=1050",
-                     "--weight_images.padding=5", root=root, mnist=mnist_root)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    train_in_process(f"--config={REPO / 'configs' / 'logistic.yaml'}", "--trainer.max_steps=1050",
+                     "--weight_images.padding=5", f"--data.data_dir={mnist_root}",
+                     f"--trainer.default_root_dir={root}",
+                     "--trainer.enable_progress_bar=false")  # fmt: skip
     return run_dir(root)
 
 
@@ -181,8 +182,12 @@ def test_the_best_epoch_line_is_at_the_step_of_the_restored_evaluation(stepped_r
 def softmax_run(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> Path:
     """A one-epoch softmax run on 2,000 training images: its run folder."""
     root = tmp_path_factory.mktemp("softmax")
-    done = run_train(*SMALL_SOFTMAX, root=root, mnist=mnist_root)
-    assert done.returncode == 0, done.stderr[-3000:]
+    train_in_process(
+        *SMALL_SOFTMAX,
+        f"--data.data_dir={mnist_root}",
+        f"--trainer.default_root_dir={root}",
+        "--trainer.enable_progress_bar=false",
+    )
     return run_dir(root)
 
 
