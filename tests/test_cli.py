@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ast
 import itertools
 import json
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -660,3 +662,27 @@ def test_no_mnist_source_that_works_ends_in_one_line_and_exit_status_1(
     assert last.startswith("error: ") and "source A: unreachable" in last, last
     assert "source B: unreachable" in last
     assert not root.exists()  # the run folder it claimed is removed
+
+
+# --- The map from the README's claims to their tests ------------------------------------
+
+NAMED_TEST = re.compile(r"tests/(test_\w+\.py)::(test_\w+)")
+
+
+def _tests_in(module: Path) -> set[str]:
+    """The names of the test functions a test module defines, read from its source."""
+    tree = ast.parse(module.read_text())
+    return {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+
+
+def test_every_test_the_docs_name_exists() -> None:
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+    named = {(p.name, *found) for p in pages for found in NAMED_TEST.findall(p.read_text())}
+    assert len(named) >= 40  # docs/tests.md names a test for each of the README's claims
+    missing = [
+        f"{page}: tests/{module}::{test}"
+        for page, module, test in sorted(named)
+        if not (REPO / "tests" / module).is_file() or test not in _tests_in(REPO / "tests" / module)
+    ]
+    assert missing == []
+    assert "(docs/tests.md)" in (REPO / "README.md").read_text()
