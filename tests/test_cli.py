@@ -395,6 +395,7 @@ def test_a_runs_saved_config_reruns_to_the_same_results(
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", ["logistic.yaml", "softmax.yaml"])
 def test_shipped_configs_fit_as_shipped_with_the_progress_bar(
     config: str, mnist_root: Path, tmp_path: Path, monkeypatch, capfd
@@ -580,6 +581,7 @@ def test_annealing_t_null_keeps_the_learning_rate_constant(tmp_path: Path, mnist
     assert len(rates) == 2 * blocks and set(rates) == {np.float32(0.3)}  # α(t) = 0.3 throughout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "rule, patience", [("no_improvement", 3), ("no_improvement", 5), ("rises", 3)]
 )

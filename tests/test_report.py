@@ -40,6 +40,7 @@ def test_single_run_figures(logistic_run: Path, tmp_path: Path) -> None:
     assert not list((tmp_path / "figures").glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_sweep_figures_from_a_folder_of_runs(sweep_root: Path, tmp_path: Path) -> None:
     written = main([str(sweep_root / "lightning_logs" / "logistic_l2"), "--out", str(tmp_path)])
     assert sorted(p.name for p in written) == SWEEP_FIGURES
@@ -80,6 +81,7 @@ def test_binary_weights_figure_has_no_empty_cell_and_a_symmetric_colour_scale(
     plt.close(figure)
 
 
+@pytest.mark.slow
 def test_sweep_curves_are_means_over_seeds_with_bands(sweep_root: Path) -> None:
     (sweep,) = figure_sets([str(sweep_root / "lightning_logs" / "logistic_l2")])
     runs = [load_run(p) for p in sweep.runs]
@@ -244,6 +246,7 @@ def test_two_figure_sets_of_one_name_are_refused_in_one_line(
 # --- A sweep's comparison ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sweep_final_figure_is_each_seed_and_mean_and_std_from_results_json(
     sweep_root: Path,
 ) -> None:

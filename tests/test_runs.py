@@ -232,6 +232,7 @@ def whole_split_run(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) 
     return read_results(root)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flags", FLAGS, ids=lambda f: " ".join(f))
 def test_trainer_flag_gives_its_steps_evaluations_and_files_under_the_root(
     flags: tuple[str, ...], tmp_path: Path, mnist_root: Path, whole_split_run: dict, monkeypatch,

@@ -64,6 +64,7 @@ def test_two_nodes_of_one_process_train_what_one_process_trains(mnist_root, tmp_
         torch.testing.assert_close(b["state_dict"][key], a["state_dict"][key], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_sweep_after_dry_run_commands_ran_only_writes_the_summary(
     sweep_root, mnist_root, tmp_path, capsys, monkeypatch
 ) -> None:

@@ -116,6 +116,7 @@ def test_dry_run_prints_the_commands_and_trains_nothing(
 # --- A real sweep ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_every_run_is_its_own_tensorboard_run_with_its_values(sweep_root: Path) -> None:
     folder = _folder(sweep_root)
     assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == NAMES
@@ -129,11 +130,13 @@ def test_every_run_is_its_own_tensorboard_run_with_its_values(sweep_root: Path) 
         assert (run / "train.log").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
 
 
+@pytest.mark.slow
 def test_seeds_change_the_shuffling_and_so_the_result(sweep_root: Path) -> None:
     a, b = (json.loads((_folder(sweep_root) / n / "results.json").read_text()) for n in NAMES[:2])
     assert a["val/loss"] != b["val/loss"]
 
 
+@pytest.mark.slow
 def test_summary_is_the_mean_and_sample_std_of_the_runs_results(sweep_root: Path) -> None:
     folder = _folder(sweep_root)
     with open(folder / "summary.csv") as f:
@@ -151,6 +154,7 @@ def test_summary_is_the_mean_and_sample_std_of_the_runs_results(sweep_root: Path
     assert table.startswith("| model.l2_lambda | runs | train/acc mean |")
 
 
+@pytest.mark.slow
 def test_hparams_and_final_metrics_are_in_the_event_files(sweep_root: Path) -> None:
     run = _folder(sweep_root) / NAMES[3]
     events = EventAccumulator(str(run), size_guidance={"scalars": 0, "tensors": 0})
@@ -171,6 +175,7 @@ def test_hparams_and_final_metrics_are_in_the_event_files(sweep_root: Path) -> N
     assert val_acc.value == pytest.approx(results["val/acc"])
 
 
+@pytest.mark.slow
 def test_rerunning_trains_only_the_runs_without_results(
     sweep_root: Path, mnist_root: Path, tmp_path: Path, capsys, monkeypatch
 ) -> None:
@@ -197,6 +202,7 @@ def _interrupt_at_epoch_2(self: object, trainer: object, pl_module: object) -> N
         raise KeyboardInterrupt  # as Ctrl-C there would
 
 
+@pytest.mark.slow
 def test_a_run_interrupted_mid_way_resumes_to_the_uninterrupted_result(
     tmp_path: Path, mnist_root: Path, capsys, monkeypatch
 ) -> None:
@@ -231,6 +237,7 @@ def test_a_run_interrupted_mid_way_resumes_to_the_uninterrupted_result(
     assert [s["first_step"] for s in segments] == [0, 2 * 9]  # resumed after epoch 1
 
 
+@pytest.mark.slow
 def test_a_failed_run_does_not_stop_the_others(
     tmp_path: Path, mnist_root: Path, capsys: pytest.CaptureFixture, monkeypatch
 ) -> None:
@@ -273,6 +280,7 @@ def test_missing_config_is_refused_before_any_training(tmp_path: Path, capsys, m
 # --- What a sweep may count as done, and what it refuses before training ----------------
 
 
+@pytest.mark.slow
 def test_a_rerun_with_other_settings_is_refused_naming_each_run_and_key(
     sweep_root: Path, mnist_root: Path, tmp_path: Path, capsys, monkeypatch
 ) -> None:
@@ -581,6 +589,7 @@ def _without(results: dict, *keys: str) -> dict:
     return {k: v for k, v in results.items() if k not in keys}
 
 
+@pytest.mark.slow
 def test_a_sweep_run_is_what_train_py_gives_alone_with_the_same_threads(
     sweep_root: Path, mnist_root: Path, tmp_path: Path
 ) -> None:
@@ -597,6 +606,7 @@ def test_a_sweep_run_is_what_train_py_gives_alone_with_the_same_threads(
     assert _without(read_results(tmp_path), "seconds") == _without(swept, "seconds")
 
 
+@pytest.mark.slow
 def test_jobs_1_and_jobs_2_give_identical_summaries(
     sweep_root: Path, mnist_root: Path, tmp_path: Path, capsys, monkeypatch
 ) -> None:
@@ -610,6 +620,7 @@ def test_jobs_1_and_jobs_2_give_identical_summaries(
         assert _without(a, "seconds", "threads") == _without(b, "seconds", "threads")
 
 
+@pytest.mark.slow
 def test_a_runs_results_do_not_depend_on_its_thread_count(
     tmp_path: Path, mnist_root: Path, monkeypatch
 ) -> None:
