@@ -32,7 +32,7 @@ def train(root: Path, mnist: Path, *args: str) -> dict:
     [
         ("bf16-mixed", "cpu"),
         ("64-true", "cpu"),
-        ("bf16-true", "cpu"),
+        pytest.param("bf16-true", "cpu", marks=pytest.mark.slow),
         pytest.param("bf16-mixed", "gpu", marks=pytest.mark.gpu),
         pytest.param("16-mixed", "gpu", marks=pytest.mark.gpu),
     ],

@@ -336,6 +336,7 @@ def _file_size_limit(limit: int) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
 
+@pytest.mark.slow
 def test_a_write_that_finds_no_room_is_one_line_naming_the_file_and_exit_code_1(
     tmp_path: Path, mnist_root: Path
 ) -> None:
@@ -397,7 +398,7 @@ def test_overfit_batches_trains_and_evaluates_the_first_batches_unshuffled(
     from mnist_linear.data import MNISTSubsetDataModule
 
     assert _main(["--trainer.overfit_batches=2", "--model.learning_rate=2.0",
-                  "--trainer.max_epochs=30"], tmp_path, mnist_root) == 0  # fmt: skip
+                  "--trainer.max_epochs=10"], tmp_path, mnist_root) == 0  # fmt: skip
     results = read_results(tmp_path)
     assert results["global_step"] == 2 * (results["stopped_epoch"] + 1)  # two steps an epoch
     data = MNISTSubsetDataModule(str(mnist_root), classes=[2, 3], train_size=2000)
@@ -492,24 +493,23 @@ def test_an_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path: Path)
 # A run that stalls at the start of epoch 3 (last.ckpt of epoch 2 written, 5 epochs to go),
 # by a callback of tests/stalls.py, until the test kills or interrupts it there.
 STALLED = (*SMALL, "--trainer.max_epochs=8", "--model.learning_rate=1.0")
+STALL = ("--trainer.callbacks+=stalls.Stall", "--trainer.callbacks.epoch=3")
+STALL_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
+    p for p in (str(REPO / "tests"), os.environ.get("PYTHONPATH")) if p)}  # fmt: skip
 
 
 def _stalled(root: Path, mnist: Path) -> tuple[subprocess.Popen, Path]:
     """``train.py STALLED`` in a process of its own, once it stalls: it and its last.ckpt."""
-    marker = root / "stalled"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (str(REPO / "tests"), os.environ.get("PYTHONPATH")) if p)}  # fmt: skip
+    folder = root / "lightning_logs" / "version_0"
     process = subprocess.Popen(
-        _train_command(*STALLED, "--trainer.callbacks+=stalls.Stall",
-                       "--trainer.callbacks.epoch=3", f"--trainer.callbacks.marker={marker}",
-                       root=root, mnist=mnist),
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        _train_command(*STALLED, *STALL, root=root, mnist=mnist), cwd=REPO, env=STALL_ENV,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 120
-    while not marker.exists():
+    while not (folder / "stalled").exists():
         assert process.poll() is None and time.monotonic() < deadline, process.communicate()
         time.sleep(0.05)
-    return process, root / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt"
+    return process, folder / "checkpoints" / "last.ckpt"
 
 
 @pytest.fixture(scope="module")
@@ -567,7 +567,7 @@ def test_ctrl_c_stops_gracefully_and_the_resume_repeats_the_epoch_to_the_same_re
 # --- The split-accuracy script ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("classes", ["[2,3]", "null"])
+@pytest.mark.parametrize("classes", ["[2,3]", pytest.param("null", marks=pytest.mark.slow)])
 def test_split_accuracy_script_reads_both_kinds_of_checkpoint(
     classes: str, tmp_path: Path, mnist_root: Path, monkeypatch, capsys
 ) -> None:
@@ -608,16 +608,31 @@ def test_a_read_only_data_folder_missing_a_file_ends_in_one_line_and_leaves_no_r
 @pytest.mark.parametrize(
     "flags, reason",
     [(["--trainer.max_epochs=2"], "max_epochs reached"),
-     (["--trainer.max_steps=5"], "max_steps reached"),
-     (["--trainer.max_time=00:00:00:01", "--trainer.max_epochs=100000",
-       "--early_stopping.patience=100000", "--model.learning_rate=0.01"], "max_time reached")],
+     (["--trainer.max_steps=5"], "max_steps reached")],
 )  # fmt: skip
 def test_the_stop_reason_names_the_limit_that_ended_training(
-    flags: list[str], reason: str, tmp_path: Path, mnist_root: Path, monkeypatch, capfd
+    flags: list[str], reason: str, tmp_path: Path, mnist_root: Path, capfd
 ) -> None:
     assert _main(flags, tmp_path, mnist_root) == 0
     results = read_results(tmp_path)
     assert results["stop_reason"] == reason
     assert f"({reason}) after {results['global_step']} steps" in capfd.readouterr().out
-    if reason == "max_time reached":
-        assert results["stopped_epoch"] < 100000 - 1
+
+
+def test_max_time_stops_after_a_block_and_restores_the_best_epoch_seen(
+    tmp_path: Path, mnist_root: Path, capfd
+) -> None:
+    # The whole 2-vs-3 split: blocks of 10 steps, so a check after every step would stop
+    # at a multiple of 10 only by chance. Nothing else stops it within two seconds.
+    steps = _steps_an_epoch(mnist_root, 20000, [2, 3], 40)
+    limits = ["--trainer.max_time=00:00:00:02", "--trainer.max_epochs=100000",
+              "--early_stopping.patience=100000"]  # fmt: skip
+    assert _main(limits, tmp_path, mnist_root, run=WHOLE) == 0
+    results = read_results(tmp_path)
+    assert results["stop_reason"] == "max_time reached"
+    assert "(max_time reached) after" in capfd.readouterr().out
+    assert results["global_step"] % (steps // B) == 0 and results["global_step"] >= steps
+    logged = {e.step: e.value for e in events(run_dir(tmp_path)).Scalars("val/loss")}
+    ends = {step // steps - 1: logged[step] for step in logged if step % steps == 0}
+    best = min(ends, key=ends.get)  # the best epoch seen, by its end's validation loss
+    assert results["best_epoch"] == best and results["val/loss"] == pytest.approx(ends[best])

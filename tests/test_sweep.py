@@ -540,6 +540,21 @@ def test_two_sweeps_started_at_once_train_every_run_once(tmp_path: Path, mnist_r
         assert all("val/acc" in line or "trained by another sweep" in line for line in ended)
 
 
+# Runs of 5 epochs that stall at the start of epoch 2 (tests/stalls.py), their last.ckpt of
+# epoch 1 written, until the test has signalled; their resume goes on.
+STALL = ["--trainer.max_epochs=5", "--early_stopping.patience=5",
+         "--trainer.callbacks+=stalls.Stall", "--trainer.callbacks.epoch=2"]  # fmt: skip
+STALL_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
+    p for p in (str(REPO / "tests"), os.environ.get("PYTHONPATH")) if p)}  # fmt: skip
+
+
+def _wait_for_stalls(sweep: subprocess.Popen, runs: list[Path]) -> None:
+    deadline = time.monotonic() + 120
+    while not all((run / "stalled").exists() for run in runs):
+        assert time.monotonic() < deadline and sweep.poll() is None, sweep.communicate()
+        time.sleep(0.05)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"]
@@ -550,15 +565,11 @@ def test_a_signal_stops_the_trainings_and_a_rerun_finishes_them(
     # SIGINT is Ctrl-C; SIGTERM, what a scheduler or `kill` sends. Either way each
     # training gets SIGINT and stops as train.py does on Ctrl-C.
     command = [c for c in sweep_command(tmp_path, mnist_root) if c != "--seeds=2"]
-    command[-1] = "--trainer.max_epochs=40"
-    command.append("--early_stopping.patience=40")
-    sweep = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)  # fmt: skip
+    command[-1:] = STALL
+    sweep = subprocess.Popen(command, cwd=REPO, env=STALL_ENV, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     runs = [_folder(tmp_path) / name for name in ("model.l2_lambda=0", "model.l2_lambda=0.01")]
-    deadline = time.monotonic() + 120
-    while not all((run / "checkpoints" / "last.ckpt").exists() for run in runs):
-        assert time.monotonic() < deadline and sweep.poll() is None, sweep.communicate()
-        time.sleep(0.01)
+    _wait_for_stalls(sweep, runs)
     children = Path(f"/proc/{sweep.pid}/task/{sweep.pid}/children").read_text().split()
     sweep.send_signal(signum)
     out, err = sweep.communicate(timeout=120)
@@ -574,12 +585,15 @@ def test_a_signal_stops_the_trainings_and_a_rerun_finishes_them(
     for run in runs:
         assert not (run / "results.json").exists() and not (run / ".lock").exists()
         assert "Detected KeyboardInterrupt" in (run / "train.log").read_text()
+        assert read_checkpoint(run / "checkpoints" / "last.ckpt")["epoch"] == 1
     monkeypatch.chdir(REPO)
     main(command[3:])  # the same command again, in this process
     out = capsys.readouterr().out
     assert "0 of 2 runs done already; 2 to train" in out and out.count(": val/acc") == 2
     for run in runs:
-        assert json.loads((run / "results.json").read_text())["stopped_epoch"] == 39
+        assert json.loads((run / "results.json").read_text())["stopped_epoch"] == 4
+        segments = json.loads((run / "segments.json").read_text())
+        assert [s["first_step"] for s in segments] == [0, 2 * 9]  # resumed after epoch 1
 
 
 # --- Workers: runs that share start-up, and give what train.py alone gives -------------
@@ -646,14 +660,11 @@ def test_a_killed_worker_takes_only_its_run_and_is_replaced(
 ) -> None:
     command = [c for c in sweep_command(tmp_path, mnist_root) if c != "--seeds=2"]
     command[command.index("--jobs=2")] = "--jobs=1"
-    command[-1] = "--trainer.max_epochs=40"
-    sweep = subprocess.Popen([*command, "--early_stopping.patience=40"], cwd=REPO,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    command[-1:] = [*STALL, "--trainer.callbacks.only=model.l2_lambda=0"]
+    sweep = subprocess.Popen(command, cwd=REPO, env=STALL_ENV, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     first = _folder(tmp_path) / "model.l2_lambda=0"
-    deadline = time.monotonic() + 120
-    while not (first / "checkpoints" / "last.ckpt").exists():  # the run is under way
-        assert time.monotonic() < deadline and sweep.poll() is None, sweep.communicate()
-        time.sleep(0.01)
+    _wait_for_stalls(sweep, [first])  # the run is under way, in epoch 2 of 5
     worker = int((first / ".lock").read_text().split()[1].partition("@")[0])
     os.kill(worker, signal.SIGKILL)
     out, err = sweep.communicate(timeout=180)
@@ -663,6 +674,6 @@ def test_a_killed_worker_takes_only_its_run_and_is_replaced(
     assert err.strip().splitlines()[-1] == "error: 1 run(s) failed: model.l2_lambda=0"
     assert not (first / "results.json").exists() and not (first / ".lock").exists()
     monkeypatch.chdir(REPO)
-    main([*command[3:], "--early_stopping.patience=40"])  # resumes the killed run
+    main(command[3:])  # resumes the killed run
     assert "[1/1] model.l2_lambda=0: val/acc" in capsys.readouterr().out
-    assert json.loads((first / "results.json").read_text())["stopped_epoch"] == 39
+    assert json.loads((first / "results.json").read_text())["stopped_epoch"] == 4
