@@ -351,25 +351,34 @@ def test_an_empty_split_or_a_class_without_training_images_is_refused_up_front(
     assert not (tmp_path / "lightning_logs").exists()
 
 
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> Path:
+    """Two epochs of 2000 training images, batch 40, in this process: the output root."""
+    root = tmp_path_factory.mktemp("one_process")
+    train_in_process(
+        *SMALL,
+        "--trainer.max_epochs=2",
+        f"--data.data_dir={mnist_root}",
+        f"--trainer.default_root_dir={root}",
+        "--trainer.enable_progress_bar=false",
+    )
+    return root
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("strategy", ["ddp", "ddp_spawn"])
 def test_ddp_two_processes_train_exactly_what_one_process_trains(
-    strategy: str, logistic_run: Path, mnist_root: Path, tmp_path: Path
+    strategy: str, one_process: Path, mnist_root: Path, tmp_path: Path
 ) -> None:
     done = run_train(
-        "--config=configs/logistic.yaml",
-        "--trainer.max_epochs=3",
-        f"--trainer.strategy={strategy}",
-        "--trainer.devices=2",
-        "--trainer.accelerator=cpu",
-        "--data.batch_size=20",
-        root=tmp_path,
-        mnist=mnist_root,
-    )
+        *SMALL, "--trainer.max_epochs=2", f"--trainer.strategy={strategy}",
+        "--trainer.devices=2", "--trainer.accelerator=cpu", "--data.batch_size=20",
+        root=tmp_path, mnist=mnist_root,
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    single = torch.load(run_dir(logistic_run) / "checkpoints" / "last.ckpt", weights_only=True)
+    single = torch.load(run_dir(one_process) / "checkpoints" / "last.ckpt", weights_only=True)
     double = torch.load(run_dir(tmp_path) / "checkpoints" / "last.ckpt", weights_only=True)
-    assert single["global_step"] == double["global_step"] == 300
+    assert single["global_step"] == double["global_step"] == 2 * _steps_of_2_and_3(mnist_root, 2000)
     for key in ("linear.weight", "linear.bias"):
         assert not torch.equal(
             single["state_dict"][key], torch.zeros_like(single["state_dict"][key])
@@ -377,7 +386,7 @@ def test_ddp_two_processes_train_exactly_what_one_process_trains(
         torch.testing.assert_close(
             double["state_dict"][key], single["state_dict"][key], rtol=1e-5, atol=1e-6
         )
-    one, two = read_results(logistic_run), read_results(tmp_path)
+    one, two = read_results(one_process), read_results(tmp_path)
     for key in ("train/acc", "val/acc", "test/acc", "train/loss", "val/loss", "test/loss"):
         assert two[key] == pytest.approx(one[key], abs=1e-5), key
     assert two["best_epoch"] == one["best_epoch"]

@@ -518,6 +518,7 @@ def test_a_sweep_waits_for_a_lock_of_another_host_and_says_how_to_clear_it(
 def test_two_sweeps_started_at_once_train_every_run_once(tmp_path: Path, mnist_root: Path) -> None:
     command = [c for c in sweep_command(tmp_path, mnist_root) if c != "--seeds=2"]
     command[-1] = "--trainer.max_epochs=1"
+    command[command.index("--jobs=2")] = "--jobs=1"  # one worker each: two trainings at once
     sweeps = [
         subprocess.Popen(
             command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
