@@ -18,7 +18,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from mnist_linear import mnist_files, workers
+from mnist_linear import mnist_files, sweep, workers
 from mnist_linear.cli import main
 from mnist_linear.data import MNISTSubsetDataModule
 from mnist_linear.mnist_files import (
@@ -272,10 +272,14 @@ def read_results(root: Path) -> dict:
 def logistic_run(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> Path:
     """A real 3-epoch run of configs/logistic.yaml (300 steps, 30 evaluations): its output root."""
     root = tmp_path_factory.mktemp("logistic")
-    done = run_train(
-        "--config=configs/logistic.yaml", "--trainer.max_epochs=3", root=root, mnist=mnist_root
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    here = Path.cwd()
+    os.chdir(REPO)  # config.yaml records the config as a user gives it: configs/logistic.yaml
+    try:
+        train_in_process("--config=configs/logistic.yaml", "--trainer.max_epochs=3",
+                         f"--data.data_dir={mnist_root}", f"--trainer.default_root_dir={root}",
+                         "--trainer.enable_progress_bar=false")  # fmt: skip
+    finally:
+        os.chdir(here)
     return root
 
 
@@ -283,9 +287,12 @@ def logistic_run(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> 
 def sweep_root(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> Path:
     """A sweep of λ = 0 and 0.01 × seeds 0 and 1 on a small task, two jobs at once: its root."""
     root = tmp_path_factory.mktemp("sweep")
-    done = subprocess.run(sweep_command(root, mnist_root), cwd=REPO, capture_output=True,
-                          text=True, timeout=300)  # fmt: skip
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    here = Path.cwd()
+    os.chdir(REPO)  # the sweep's default config, configs/logistic.yaml, is relative
+    try:
+        sweep.main(sweep_command(root, mnist_root)[3:])  # in this process, its runs in workers
+    finally:
+        os.chdir(here)
     return root
 
 

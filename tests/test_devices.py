@@ -13,9 +13,8 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from conftest import REPO, read_results, run_dir, run_train
+from conftest import REPO, read_results, run_dir, run_train, train_in_process
 
-from mnist_linear.cli import main
 from mnist_linear.data import MNISTSubsetDataModule
 from mnist_linear.gradients import linear_cross_entropy
 from mnist_linear.model import LinearClassifier
@@ -186,12 +185,11 @@ def test_softmax_trains_on_cuda_with_the_configs_deterministic_algorithms(
 def test_gpu_accelerator_without_a_gpu_is_refused_in_one_line(
     mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd
 ) -> None:
-    monkeypatch.setattr("sys.argv", ["train.py"])
     with pytest.raises(SystemExit) as stop:
-        main([
+        train_in_process(
             f"--config={REPO / 'configs' / 'logistic.yaml'}", "--trainer.accelerator=gpu",
             f"--data.data_dir={mnist_root}", f"--trainer.default_root_dir={tmp_path}",
-        ])  # fmt: skip
+        )  # fmt: skip
     captured = capfd.readouterr()
     assert stop.value.code == 2
     lines = captured.err.strip().splitlines()

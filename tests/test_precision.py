@@ -6,10 +6,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, read_results, run_dir
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from conftest import REPO, events, read_results, run_dir, train_in_process
 
-from mnist_linear.cli import main
 from mnist_linear.data import MNISTSubsetDataModule
 
 SMALL = (
@@ -24,8 +22,8 @@ STAGE_METRICS = [
 
 def train(root: Path, mnist: Path, *args: str) -> dict:
     """``train.py SMALL ARGS`` in this process; the run's results.json."""
-    main([*SMALL, f"--data.data_dir={mnist}", f"--trainer.default_root_dir={root}",
-          "--trainer.enable_progress_bar=false", *args])  # fmt: skip
+    train_in_process(*SMALL, f"--data.data_dir={mnist}", f"--trainer.default_root_dir={root}",
+          "--trainer.enable_progress_bar=false", *args)  # fmt: skip
     return read_results(root)
 
 
@@ -34,7 +32,7 @@ def train(root: Path, mnist: Path, *args: str) -> dict:
     [
         ("bf16-mixed", "cpu"),
         ("64-true", "cpu"),
-        ("bf16-true", "cpu"),
+        pytest.param("bf16-true", "cpu", marks=pytest.mark.slow),
         pytest.param("bf16-mixed", "gpu", marks=pytest.mark.gpu),
         pytest.param("16-mixed", "gpu", marks=pytest.mark.gpu),
     ],
@@ -46,7 +44,6 @@ def test_logged_evaluation_at_the_restored_step_is_results_json(
     mnist_root: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("sys.argv", ["train.py"])
     results = train(
         tmp_path, mnist_root, f"--trainer.precision={precision}",
         f"--trainer.accelerator={accelerator}", "--trainer.devices=1",
@@ -54,11 +51,9 @@ def test_logged_evaluation_at_the_restored_step_is_results_json(
     folder = run_dir(tmp_path)
     (best,) = (folder / "checkpoints").glob("best-epoch=*-step=*.ckpt")
     step = int(best.stem.rsplit("step=", 1)[1])
-    (path,) = folder.glob("events.out.tfevents.*")
-    events = EventAccumulator(str(path), size_guidance={"scalars": 0})
-    events.Reload()
+    logged_run = events(folder)
     for tag in STAGE_METRICS:
-        (logged,) = [e.value for e in events.Scalars(tag) if e.step == step]
+        (logged,) = [e.value for e in logged_run.Scalars(tag) if e.step == step]
         # An event file holds float32 scalars: results.json's value rounded to float32
         # is what was logged, if both were computed alike (float64 ones under 64-true).
         assert np.float32(results[tag]) == np.float32(logged), tag
@@ -74,7 +69,6 @@ def test_bf16_mixed_trains_exactly_what_32_true_trains(
 ) -> None:
     # Every operation of this model runs in the Function or in an evaluation, both of
     # them float32 with autocast off: autocast is left nothing to change.
-    monkeypatch.setattr("sys.argv", ["train.py"])
     mixed = train(tmp_path / "mixed", mnist_root, "--trainer.precision=bf16-mixed")
     plain = train(tmp_path / "plain", mnist_root)
     del mixed["seconds"], plain["seconds"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
-from conftest import REPO, run_dir, run_train
+from conftest import REPO, run_dir, train_in_process
 from PIL import Image
 
 from mnist_linear.figures import curves, weights_figure
@@ -40,6 +40,7 @@ def test_single_run_figures(logistic_run: Path, tmp_path: Path) -> None:
     assert not list((tmp_path / "figures").glob(".*.tmp"))
 
 
+@pytest.mark.slow
 def test_sweep_figures_from_a_folder_of_runs(sweep_root: Path, tmp_path: Path) -> None:
     written = main([str(sweep_root / "lightning_logs" / "logistic_l2"), "--out", str(tmp_path)])
     assert sorted(p.name for p in written) == SWEEP_FIGURES
@@ -80,6 +81,7 @@ def test_binary_weights_figure_has_no_empty_cell_and_a_symmetric_colour_scale(
     plt.close(figure)
 
 
+@pytest.mark.slow
 def test_sweep_curves_are_means_over_seeds_with_bands(sweep_root: Path) -> None:
     (sweep,) = figure_sets([str(sweep_root / "lightning_logs" / "logistic_l2")])
     runs = [load_run(p) for p in sweep.runs]
@@ -130,9 +132,10 @@ def test_run_without_a_needed_tag_is_refused(tmp_path: Path, capsys: pytest.Capt
 def stepped_run(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> Path:
     """configs/logistic.yaml stopped by max_steps in the middle of epoch 10, tiles 5 apart."""
     root = tmp_path_factory.mktemp("stepped")
-    done = run_train("--config=configs/logistic.yaml", "--trainer.max_steps=1050",
-                     "--weight_images.padding=5", root=root, mnist=mnist_root)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    train_in_process(f"--config={REPO / 'configs' / 'logistic.yaml'}", "--trainer.max_steps=1050",
+                     "--weight_images.padding=5", f"--data.data_dir={mnist_root}",
+                     f"--trainer.default_root_dir={root}",
+                     "--trainer.enable_progress_bar=false")  # fmt: skip
     return run_dir(root)
 
 
@@ -181,8 +184,12 @@ def test_the_best_epoch_line_is_at_the_step_of_the_restored_evaluation(stepped_r
 def softmax_run(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> Path:
     """A one-epoch softmax run on 2,000 training images: its run folder."""
     root = tmp_path_factory.mktemp("softmax")
-    done = run_train(*SMALL_SOFTMAX, root=root, mnist=mnist_root)
-    assert done.returncode == 0, done.stderr[-3000:]
+    train_in_process(
+        *SMALL_SOFTMAX,
+        f"--data.data_dir={mnist_root}",
+        f"--trainer.default_root_dir={root}",
+        "--trainer.enable_progress_bar=false",
+    )
     return run_dir(root)
 
 
@@ -239,6 +246,7 @@ def test_two_figure_sets_of_one_name_are_refused_in_one_line(
 # --- A sweep's comparison ---------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_sweep_final_figure_is_each_seed_and_mean_and_std_from_results_json(
     sweep_root: Path,
 ) -> None:

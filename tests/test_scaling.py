@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 import subprocess
 import sys
 
 import pytest
 import torch
-from conftest import REPO, read_results, run_dir, run_train, sweep_command
+from conftest import REPO, read_results, run_dir, sweep_command, train_in_process
 
-SMALL = ("--config=configs/logistic.yaml", "--data.train_size=2000", "--trainer.max_epochs=2")
+from mnist_linear import sweep
+
+SMALL = ("--config=configs/logistic.yaml", "--data.train_size=2000", "--trainer.max_epochs=1")
 
 
 def _free_port() -> int:
@@ -23,7 +26,13 @@ def _free_port() -> int:
 @pytest.mark.slow
 def test_two_nodes_of_one_process_train_what_one_process_trains(mnist_root, tmp_path) -> None:
     single = tmp_path / "single"
-    assert run_train(*SMALL, "--data.batch_size=40", root=single, mnist=mnist_root).returncode == 0
+    train_in_process(
+        *SMALL,
+        "--data.batch_size=40",
+        f"--data.data_dir={mnist_root}",
+        f"--trainer.default_root_dir={single}",
+        "--trainer.enable_progress_bar=false",
+    )
     root = tmp_path / "nodes"
     command = [
         sys.executable, str(REPO / "train.py"), *SMALL, "--data.batch_size=20",
@@ -45,7 +54,7 @@ def test_two_nodes_of_one_process_train_what_one_process_trains(mnist_root, tmp_
     assert len(list(folder.glob("events.out.tfevents.*"))) == 1
     assert "Results:" in outputs[0][0] and "Results:" not in outputs[1][0]
     one, two = read_results(single), read_results(root)
-    assert two["global_step"] == one["global_step"] == 18
+    assert two["global_step"] == one["global_step"] == 9
     assert two["best_epoch"] == one["best_epoch"]
     for key in ("train/acc", "val/acc", "test/acc", "train/loss", "val/loss", "test/loss"):
         assert two[key] == pytest.approx(one[key], abs=1e-5), key
@@ -56,23 +65,27 @@ def test_two_nodes_of_one_process_train_what_one_process_trains(mnist_root, tmp_
 
 
 @pytest.mark.slow
-def test_dry_run_commands_run_by_a_shell_loop_give_the_sweeps_summary(
-    sweep_root, mnist_root, tmp_path
+def test_a_sweep_after_dry_run_commands_ran_only_writes_the_summary(
+    sweep_root, mnist_root, tmp_path, capsys, monkeypatch
 ) -> None:
-    """What a scheduler would do with ``--dry_run``: every command at once, then the summary."""
-    printed = subprocess.run(
-        [*sweep_command(tmp_path, mnist_root), "--dry_run"], cwd=REPO, capture_output=True,
-        text=True, timeout=120, check=True,
-    ).stdout.splitlines()  # fmt: skip
-    assert len(printed) == 4 and all(
-        line.startswith("python -m mnist_linear.cli ") for line in printed
-    )
-    loop = "\n".join(f"{line} > /dev/null 2>&1 &" for line in printed) + "\nwait\n"
-    subprocess.run(["bash", "-c", loop], cwd=REPO, timeout=240, check=True)
-    done = subprocess.run(sweep_command(tmp_path, mnist_root), cwd=REPO, capture_output=True,
-                          text=True, timeout=120)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.startswith("4 of 4 runs done already; 0 to train")
+    """What a scheduler would do with ``--dry_run``: every command, then the sweep again.
+
+    The commands run in this process (as ``python -m mnist_linear.cli`` would run them);
+    the sweep after them trains nothing and writes the summary the sweep itself writes.
+    """
+    monkeypatch.chdir(REPO)
+    sweep.main([*sweep_command(tmp_path, mnist_root)[3:], "--dry_run"])
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 4
+    assert all(line.startswith("python -m mnist_linear.cli ") for line in printed)
+    assert not (tmp_path / "lightning_logs").exists()  # a dry run writes nothing
+    for line in printed:
+        train_in_process(*shlex.split(line)[3:])
+    capsys.readouterr()
+    sweep.main(sweep_command(tmp_path, mnist_root)[3:])
+    out = capsys.readouterr().out
+    assert out.startswith("4 of 4 runs done already; 0 to train")
+    assert not [line for line in out.splitlines() if line.startswith("[")]  # nothing trained
     (ours,) = tmp_path.glob("lightning_logs/*/summary.csv")
     (theirs,) = sweep_root.glob("lightning_logs/*/summary.csv")
     assert ours.relative_to(tmp_path) == theirs.relative_to(sweep_root)

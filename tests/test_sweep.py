@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import os
+import shlex
 import signal
 import socket
 import statistics
@@ -15,12 +17,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, read_results, run_train, sweep_command
+from conftest import REPO, read_results, sweep_command, train_in_process
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
+from mnist_linear.callbacks import LearningRateAnnealing
 from mnist_linear.grid import Run, parse_grid, runs_of, split_values
 from mnist_linear.locks import claim, release
+from mnist_linear.resume import read_checkpoint
 from mnist_linear.summary import METRICS
 from mnist_linear.sweep import main, parse_args
 
@@ -56,7 +60,7 @@ def test_grid_values_split_on_commas_outside_brackets() -> None:
 
 @pytest.mark.parametrize("entry", ["model.l2_lambda", "model.l2_lambda=", "=1,2", "k=1,,2"])
 def test_malformed_grid_entries_are_refused(entry: str) -> None:
-    with pytest.raises(Exception, match="expected KEY=V1,V2"):
+    with pytest.raises(argparse.ArgumentTypeError, match="expected KEY=V1,V2"):
         parse_grid(entry)
 
 
@@ -114,6 +118,7 @@ def test_dry_run_prints_the_commands_and_trains_nothing(
 # --- A real sweep ------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_every_run_is_its_own_tensorboard_run_with_its_values(sweep_root: Path) -> None:
     folder = _folder(sweep_root)
     assert sorted(p.name for p in folder.iterdir() if p.is_dir()) == NAMES
@@ -127,11 +132,13 @@ def test_every_run_is_its_own_tensorboard_run_with_its_values(sweep_root: Path) 
         assert (run / "train.log").is_file() and (run / "checkpoints" / "last.ckpt").is_file()
 
 
+@pytest.mark.slow
 def test_seeds_change_the_shuffling_and_so_the_result(sweep_root: Path) -> None:
     a, b = (json.loads((_folder(sweep_root) / n / "results.json").read_text()) for n in NAMES[:2])
     assert a["val/loss"] != b["val/loss"]
 
 
+@pytest.mark.slow
 def test_summary_is_the_mean_and_sample_std_of_the_runs_results(sweep_root: Path) -> None:
     folder = _folder(sweep_root)
     with open(folder / "summary.csv") as f:
@@ -149,6 +156,7 @@ def test_summary_is_the_mean_and_sample_std_of_the_runs_results(sweep_root: Path
     assert table.startswith("| model.l2_lambda | runs | train/acc mean |")
 
 
+@pytest.mark.slow
 def test_hparams_and_final_metrics_are_in_the_event_files(sweep_root: Path) -> None:
     run = _folder(sweep_root) / NAMES[3]
     events = EventAccumulator(str(run), size_guidance={"scalars": 0, "tensors": 0})
@@ -169,32 +177,69 @@ def test_hparams_and_final_metrics_are_in_the_event_files(sweep_root: Path) -> N
     assert val_acc.value == pytest.approx(results["val/acc"])
 
 
+@pytest.mark.slow
 def test_rerunning_trains_only_the_runs_without_results(
     sweep_root: Path, mnist_root: Path, tmp_path: Path, capsys, monkeypatch
 ) -> None:
     root = tmp_path / "copy"
     subprocess.run(["cp", "-r", str(sweep_root), str(root)], check=True)
-    lost = _folder(root) / NAMES[1]
-    expected = json.loads((lost / "results.json").read_text())
-    (lost / "results.json").unlink()  # as if killed after its last checkpoint
     never = _folder(root) / NAMES[2]
+    expected = json.loads((never / "results.json").read_text())
     for path in never.iterdir():  # as if killed before its first checkpoint
         if path.is_dir():
             subprocess.run(["rm", "-r", str(path)], check=True)
     (never / "results.json").unlink()
     monkeypatch.chdir(REPO)
-    main(sweep_command(root, mnist_root)[3:])  # in this process; the runs in their own
+    main(sweep_command(root, mnist_root)[3:])  # in this process; the runs in its workers
     out = capsys.readouterr().out
-    assert "2 of 4 runs done already; 2 to train" in out
+    assert "3 of 4 runs done already; 1 to train" in out
     trained = [line for line in out.splitlines() if line.startswith("[")]
-    assert sorted(line.split()[1].rstrip(":") for line in trained) == sorted(NAMES[1:3])
-    got = json.loads((lost / "results.json").read_text())
-    assert {k: v for k, v in got.items() if k != "seconds"} == {
-        k: v for k, v in expected.items() if k != "seconds"
-    }
-    assert (never / "results.json").is_file()
+    assert [line.split()[1].rstrip(":") for line in trained] == [NAMES[2]]
+    got = json.loads((never / "results.json").read_text())
+    assert _without(got, "seconds") == _without(expected, "seconds")  # started again, alike
 
 
+def _interrupt_at_epoch_2(self: object, trainer: object, pl_module: object) -> None:
+    if trainer.current_epoch == 2:  # last.ckpt holds epoch 1
+        raise KeyboardInterrupt  # as Ctrl-C there would
+
+
+@pytest.mark.slow
+def test_a_run_interrupted_mid_way_resumes_to_the_uninterrupted_result(
+    tmp_path: Path, mnist_root: Path, capsys, monkeypatch
+) -> None:
+    monkeypatch.chdir(REPO)
+    sweep = ["--name=resume", "--grid", "model.l2_lambda=0.01", f"--data.data_dir={mnist_root}",
+             "--data.train_size=2000", "--trainer.max_epochs=5",
+             "--early_stopping.patience=5"]  # fmt: skip
+    whole, cut = tmp_path / "whole", tmp_path / "cut"
+    main([*sweep, f"--root_dir={whole}"])
+    capsys.readouterr()
+    main([*sweep, f"--root_dir={cut}", "--dry_run"])
+    (command,) = capsys.readouterr().out.splitlines()
+    # The sweep's own run, stopped by Ctrl-C at the start of its epoch 2 of 5.
+    interrupt = signal.getsignal(signal.SIGINT)  # Lightning ignores a second Ctrl-C
+    with pytest.MonkeyPatch.context() as patch, pytest.raises(SystemExit) as stop:
+        patch.setattr(LearningRateAnnealing, "on_train_epoch_start", _interrupt_at_epoch_2)
+        train_in_process(*shlex.split(command)[3:])  # after python -m mnist_linear.cli
+    signal.signal(signal.SIGINT, interrupt)
+    assert stop.value.code == 1
+    run = cut / "lightning_logs" / "resume" / "model.l2_lambda=0.01"
+    assert read_checkpoint(run / "checkpoints" / "last.ckpt")["epoch"] == 1
+    assert not (run / "results.json").exists()
+    main([*sweep, f"--root_dir={cut}"])
+    out = capsys.readouterr().out
+    assert "0 of 1 runs done already; 1 to train" in out
+    assert "[1/1] model.l2_lambda=0.01: val/acc" in out
+    reference = whole / "lightning_logs" / "resume" / "model.l2_lambda=0.01"
+    expected, got = (json.loads((f / "results.json").read_text()) for f in (reference, run))
+    assert got["stopped_epoch"] == 4
+    assert _without(got, "seconds") == _without(expected, "seconds")
+    segments = json.loads((run / "segments.json").read_text())
+    assert [s["first_step"] for s in segments] == [0, 2 * 9]  # resumed after epoch 1
+
+
+@pytest.mark.slow
 def test_a_failed_run_does_not_stop_the_others(
     tmp_path: Path, mnist_root: Path, capsys: pytest.CaptureFixture, monkeypatch
 ) -> None:
@@ -223,17 +268,21 @@ def test_a_failed_run_does_not_stop_the_others(
     assert row["val/acc std"] == ""  # no spread from one run
 
 
-def test_missing_config_is_refused_before_any_training(tmp_path: Path) -> None:
-    done = _sweep("--config=configs/nope.yaml", f"--root_dir={tmp_path}")
-    assert done.returncode == 2
-    assert done.stdout == ""
-    assert done.stderr.strip().splitlines() == ["error: --config: no file at 'configs/nope.yaml'"]
+def test_missing_config_is_refused_before_any_training(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.chdir(REPO)
+    with pytest.raises(SystemExit) as stop:
+        main(["--config=configs/nope.yaml", f"--root_dir={tmp_path}"])
+    assert stop.value.code == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.strip().splitlines() == ["error: --config: no file at 'configs/nope.yaml'"]
     assert not (tmp_path / "lightning_logs").exists()
 
 
 # --- What a sweep may count as done, and what it refuses before training ----------------
 
 
+@pytest.mark.slow
 def test_a_rerun_with_other_settings_is_refused_naming_each_run_and_key(
     sweep_root: Path, mnist_root: Path, tmp_path: Path, capsys, monkeypatch
 ) -> None:
@@ -251,6 +300,16 @@ def test_a_rerun_with_other_settings_is_refused_naming_each_run_and_key(
     assert len(lines) == 5 and lines[4].startswith("error: 4 run(s) in ")
     assert "--name" in lines[4] and out == ""
     assert sorted(str(p) for p in root.rglob("*")) == before  # nothing trained or written
+
+
+def test_without_grid_the_sweep_runs_the_readmes_lambda_values() -> None:
+    # README: "--grid model.l2_lambda=0,0.0001,0.001,0.01"; docs/sweeps.md: "Without
+    # --grid, the λ values above."
+    args, extra = parse_args([])
+    assert args.grid == [("model.l2_lambda", ["0", "0.0001", "0.001", "0.01"])] and extra == []
+    assert [run.name for run in runs_of(args.grid, 2)][:3] == [
+        "model.l2_lambda=0,seed=0", "model.l2_lambda=0,seed=1", "model.l2_lambda=0.0001,seed=0",
+    ]  # fmt: skip
 
 
 def test_the_default_name_comes_from_the_config_and_the_grid_keys() -> None:
@@ -426,6 +485,7 @@ def test_a_lock_without_start_times_holds_only_while_its_process_runs_python(
             process.wait()
 
 
+@pytest.mark.slow
 def test_a_sweep_waits_for_a_lock_of_another_host_and_says_how_to_clear_it(
     tmp_path: Path, mnist_root: Path
 ) -> None:
@@ -456,9 +516,11 @@ def test_a_sweep_waits_for_a_lock_of_another_host_and_says_how_to_clear_it(
     assert "[1/1] model.l2_lambda=0: val/acc" in out and (run / "results.json").is_file()
 
 
+@pytest.mark.slow
 def test_two_sweeps_started_at_once_train_every_run_once(tmp_path: Path, mnist_root: Path) -> None:
     command = [c for c in sweep_command(tmp_path, mnist_root) if c != "--seeds=2"]
     command[-1] = "--trainer.max_epochs=1"
+    command[command.index("--jobs=2")] = "--jobs=1"  # one worker each: two trainings at once
     sweeps = [
         subprocess.Popen(
             command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -473,10 +535,30 @@ def test_two_sweeps_started_at_once_train_every_run_once(tmp_path: Path, mnist_r
         assert (folder / name / "train.log").read_text().count("Results: ") == 1
         assert not (folder / name / ".lock").exists()
     lines = [line for out, _ in outputs for line in out.splitlines() if line.startswith("[")]
-    assert sum("val/acc" in line for line in lines) == 2, outputs  # trained here
-    assert sum("trained by another sweep" in line for line in lines) == 2, outputs
+    assert sum("val/acc" in line for line in lines) == 2, outputs  # each trained by one sweep
+    for out, _ in outputs:  # the other's runs: waited for, or found done if it came late
+        ended = [line for line in out.splitlines() if line.startswith("[")]
+        done_already = int(out.split(" of 2 runs done already")[0].rsplit("\n", 1)[-1])
+        assert len(ended) + done_already == 2, out
+        assert all("val/acc" in line or "trained by another sweep" in line for line in ended)
 
 
+# Runs of 5 epochs that stall at the start of epoch 2 (tests/stalls.py), their last.ckpt of
+# epoch 1 written, until the test has signalled; their resume goes on.
+STALL = ["--trainer.max_epochs=5", "--early_stopping.patience=5",
+         "--trainer.callbacks+=stalls.Stall", "--trainer.callbacks.epoch=2"]  # fmt: skip
+STALL_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(
+    p for p in (str(REPO / "tests"), os.environ.get("PYTHONPATH")) if p)}  # fmt: skip
+
+
+def _wait_for_stalls(sweep: subprocess.Popen, runs: list[Path]) -> None:
+    deadline = time.monotonic() + 120
+    while not all((run / "stalled").exists() for run in runs):
+        assert time.monotonic() < deadline and sweep.poll() is None, sweep.communicate()
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"]
 )
@@ -486,15 +568,11 @@ def test_a_signal_stops_the_trainings_and_a_rerun_finishes_them(
     # SIGINT is Ctrl-C; SIGTERM, what a scheduler or `kill` sends. Either way each
     # training gets SIGINT and stops as train.py does on Ctrl-C.
     command = [c for c in sweep_command(tmp_path, mnist_root) if c != "--seeds=2"]
-    command[-1] = "--trainer.max_epochs=40"
-    command.append("--early_stopping.patience=40")
-    sweep = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)  # fmt: skip
+    command[-1:] = STALL
+    sweep = subprocess.Popen(command, cwd=REPO, env=STALL_ENV, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     runs = [_folder(tmp_path) / name for name in ("model.l2_lambda=0", "model.l2_lambda=0.01")]
-    deadline = time.monotonic() + 120
-    while not all((run / "checkpoints" / "last.ckpt").exists() for run in runs):
-        assert time.monotonic() < deadline and sweep.poll() is None, sweep.communicate()
-        time.sleep(0.01)
+    _wait_for_stalls(sweep, runs)
     children = Path(f"/proc/{sweep.pid}/task/{sweep.pid}/children").read_text().split()
     sweep.send_signal(signum)
     out, err = sweep.communicate(timeout=120)
@@ -510,12 +588,15 @@ def test_a_signal_stops_the_trainings_and_a_rerun_finishes_them(
     for run in runs:
         assert not (run / "results.json").exists() and not (run / ".lock").exists()
         assert "Detected KeyboardInterrupt" in (run / "train.log").read_text()
+        assert read_checkpoint(run / "checkpoints" / "last.ckpt")["epoch"] == 1
     monkeypatch.chdir(REPO)
     main(command[3:])  # the same command again, in this process
     out = capsys.readouterr().out
     assert "0 of 2 runs done already; 2 to train" in out and out.count(": val/acc") == 2
     for run in runs:
-        assert json.loads((run / "results.json").read_text())["stopped_epoch"] == 39
+        assert json.loads((run / "results.json").read_text())["stopped_epoch"] == 4
+        segments = json.loads((run / "segments.json").read_text())
+        assert [s["first_step"] for s in segments] == [0, 2 * 9]  # resumed after epoch 1
 
 
 # --- Workers: runs that share start-up, and give what train.py alone gives -------------
@@ -525,6 +606,7 @@ def _without(results: dict, *keys: str) -> dict:
     return {k: v for k, v in results.items() if k not in keys}
 
 
+@pytest.mark.slow
 def test_a_sweep_run_is_what_train_py_gives_alone_with_the_same_threads(
     sweep_root: Path, mnist_root: Path, tmp_path: Path
 ) -> None:
@@ -532,22 +614,22 @@ def test_a_sweep_run_is_what_train_py_gives_alone_with_the_same_threads(
     swept = json.loads((run / "results.json").read_text())
     assert swept["threads"] == max(1, len(os.sched_getaffinity(0)) // 2)  # --jobs=2
     assert yaml.safe_load((run / "config.yaml").read_text())["threads"] == swept["threads"]
-    done = run_train(
-        "--config=configs/logistic.yaml", f"--threads={swept['threads']}",
+    train_in_process(
+        f"--config={REPO / 'configs' / 'logistic.yaml'}", f"--threads={swept['threads']}",
         "--model.l2_lambda=0.01", "--seed_everything=1", "--data.seed=1",
-        "--data.train_size=2000", "--trainer.max_epochs=2", root=tmp_path, mnist=mnist_root,
+        "--data.train_size=2000", "--trainer.max_epochs=2", f"--data.data_dir={mnist_root}",
+        f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false",
     )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
     assert _without(read_results(tmp_path), "seconds") == _without(swept, "seconds")
 
 
+@pytest.mark.slow
 def test_jobs_1_and_jobs_2_give_identical_summaries(
-    sweep_root: Path, mnist_root: Path, tmp_path: Path
+    sweep_root: Path, mnist_root: Path, tmp_path: Path, capsys, monkeypatch
 ) -> None:
-    done = subprocess.run([*sweep_command(tmp_path, mnist_root), "--jobs=1"], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    assert "4 to train, 1 at a time" in done.stdout
+    monkeypatch.chdir(REPO)
+    main([*sweep_command(tmp_path, mnist_root)[3:], "--jobs=1"])
+    assert "4 to train, 1 at a time" in capsys.readouterr().out
     one, two = _folder(tmp_path), _folder(sweep_root)
     assert (one / "summary.csv").read_text() == (two / "summary.csv").read_text()
     for name in NAMES:
@@ -555,13 +637,15 @@ def test_jobs_1_and_jobs_2_give_identical_summaries(
         assert _without(a, "seconds", "threads") == _without(b, "seconds", "threads")
 
 
-def test_a_runs_results_do_not_depend_on_its_thread_count(tmp_path: Path, mnist_root: Path) -> None:
+@pytest.mark.slow
+def test_a_runs_results_do_not_depend_on_its_thread_count(
+    tmp_path: Path, mnist_root: Path, monkeypatch
+) -> None:
     # Softmax, whose 40 x 784 by 784 x 10 products torch splits across threads when it may.
-    done = _sweep(
-        "--config=configs/softmax.yaml", "--grid=threads=1,2", "--jobs=1", "--name=threads",
-        f"--root_dir={tmp_path}", f"--data.data_dir={mnist_root}", "--trainer.max_epochs=2",
-    )  # fmt: skip
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    monkeypatch.chdir(REPO)
+    main(["--config=configs/softmax.yaml", "--grid=threads=1,2", "--jobs=1", "--name=threads",
+          f"--root_dir={tmp_path}", f"--data.data_dir={mnist_root}", "--data.train_size=2000",
+          "--trainer.max_epochs=1"])  # fmt: skip
     folder = tmp_path / "lightning_logs" / "threads"
     one, two = (json.loads((folder / f"threads={n}" / "results.json").read_text()) for n in (1, 2))
     assert (one["threads"], two["threads"]) == (1, 2)
@@ -573,19 +657,17 @@ def test_a_runs_results_do_not_depend_on_its_thread_count(tmp_path: Path, mnist_
     assert words[0] == words[1] and all(log.count("Results: ") == 1 for log in logs)
 
 
+@pytest.mark.slow
 def test_a_killed_worker_takes_only_its_run_and_is_replaced(
     tmp_path: Path, mnist_root: Path, monkeypatch, capsys
 ) -> None:
     command = [c for c in sweep_command(tmp_path, mnist_root) if c != "--seeds=2"]
     command[command.index("--jobs=2")] = "--jobs=1"
-    command[-1] = "--trainer.max_epochs=40"
-    sweep = subprocess.Popen([*command, "--early_stopping.patience=40"], cwd=REPO,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    command[-1:] = [*STALL, "--trainer.callbacks.only=model.l2_lambda=0"]
+    sweep = subprocess.Popen(command, cwd=REPO, env=STALL_ENV, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
     first = _folder(tmp_path) / "model.l2_lambda=0"
-    deadline = time.monotonic() + 120
-    while not (first / "checkpoints" / "last.ckpt").exists():  # the run is under way
-        assert time.monotonic() < deadline and sweep.poll() is None, sweep.communicate()
-        time.sleep(0.01)
+    _wait_for_stalls(sweep, [first])  # the run is under way, in epoch 2 of 5
     worker = int((first / ".lock").read_text().split()[1].partition("@")[0])
     os.kill(worker, signal.SIGKILL)
     out, err = sweep.communicate(timeout=180)
@@ -595,6 +677,6 @@ def test_a_killed_worker_takes_only_its_run_and_is_replaced(
     assert err.strip().splitlines()[-1] == "error: 1 run(s) failed: model.l2_lambda=0"
     assert not (first / "results.json").exists() and not (first / ".lock").exists()
     monkeypatch.chdir(REPO)
-    main([*command[3:], "--early_stopping.patience=40"])  # resumes the killed run
+    main(command[3:])  # resumes the killed run
     assert "[1/1] model.l2_lambda=0: val/acc" in capsys.readouterr().out
-    assert json.loads((first / "results.json").read_text())["stopped_epoch"] == 39
+    assert json.loads((first / "results.json").read_text())["stopped_epoch"] == 4
