@@ -5,13 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import socket
+import time
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 import yaml
-from conftest import REPO, run_dir, train_in_process
+from conftest import REPO, events, run_dir, train_in_process
 
 from mnist_linear.data import MNISTSubsetDataModule
 from mnist_linear.model import LinearClassifier
@@ -328,3 +330,24 @@ def test_a_resume_with_nothing_left_to_train_reports_the_restored_weights(
     assert {k: v for k, v in after.items() if k != "seconds"} == {
         k: v for k, v in before.items() if k != "seconds"
     }
+
+
+def test_a_resume_in_the_second_its_run_began_is_read_after_it(
+    tmp_path: Path, mnist_root: Path
+) -> None:
+    # TensorBoard reads event files in name order: second, host, process ID. A resume
+    # whose file sorted first would purge, at its checkpoint's step, all the run logged.
+    common = (f"--config={REPO / 'configs' / 'logistic.yaml'}", "--data.train_size=2000",
+              f"--data.data_dir={mnist_root}", f"--trainer.default_root_dir={tmp_path}",
+              "--trainer.enable_progress_bar=false")  # fmt: skip
+    train_in_process(*common, "--trainer.max_epochs=1")
+    folder = run_dir(tmp_path)
+    (first,) = folder.glob("events.out.tfevents.*")
+    # As if made by a process with a high ID, in the coming second.
+    first.rename(
+        folder / f"events.out.tfevents.{int(time.time()) + 1}.{socket.gethostname()}.99999999.0"
+    )
+    train_in_process(*common, "--trainer.max_epochs=2",
+                     f"--ckpt_path={folder / 'checkpoints' / 'last.ckpt'}")  # fmt: skip
+    steps = [e.step for e in events(folder).Scalars("val/loss")]
+    assert steps == list(range(1, 19))  # 9 steps an epoch, each evaluated

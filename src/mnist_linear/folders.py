@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,21 @@ from mnist_linear.files import NO_ROOM
 from mnist_linear.run import AtomicTensorBoardLogger
 
 VERSION_PREFIX = "version_"
+
+
+def after_event_files(folder: Path) -> None:
+    """Return once an event file made now would be read after ``folder``'s (at most 2 s).
+
+    TensorBoard reads a folder's event files in the order of their names, which start
+    with the second the file was made, then the host and the process ID. A resume made
+    in the second its run's file was made could sort first, and its purge would then
+    hide everything the interrupted run logged.
+    """
+    seconds = [int(p.name.split(".")[3]) for p in folder.glob("events.out.tfevents.*")
+               if p.name.split(".")[3].isdigit()]  # fmt: skip
+    wait = max(seconds, default=0) + 1 - time.time()
+    if 0 < wait <= 2:  # a file dated further ahead is another clock's: not waited for
+        time.sleep(wait)
 
 
 class RunFolderError(ValueError):
@@ -195,10 +211,14 @@ class RunFolder:
         purge = {} if purge_step is None else {"purge_step": purge_step}
         if logger not in (None, True, False):
             if isinstance(logger, TensorBoardLogger) and self.resumed_here:
+                if purge and self.path is not None:
+                    after_event_files(self.path)
                 return {"logger": TensorBoardLogger(**{**logger_args, **purge})}
             return {}
         if self.resumed_in is not None:
             self.path = self.resumed_in
+            if purge and logger is not False:
+                after_event_files(self.path)
         elif launched_as_rank_zero():  # rank zero's folder reaches the others through Lightning
             self.made = first_missing(Path(root, "lightning_logs"))
             self._claim("--trainer.default_root_dir", root)
