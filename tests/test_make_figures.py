@@ -9,8 +9,10 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from conftest import REPO
+from conftest import REPO, train_in_process
 from PIL import Image
+
+from mnist_linear import sweep, workers
 
 FIGURES = {
     *(f"{run}/{name}.png" for run in ("logistic", "softmax")
@@ -18,15 +20,6 @@ FIGURES = {
     *(f"logistic_l2/{name}.png" for name in ("final", "val_accuracy", "weight_norm", "weights")),
 }  # fmt: skip
 QUICK = ("--seeds=2", "--jobs=2", "--trainer.max_epochs=1", "--data.train_size=2000")
-
-
-def _make_figures(root: Path, out: Path, mnist: Path) -> str:
-    command = [sys.executable, str(REPO / "docs" / "make_figures.py"), f"--data_dir={mnist}",
-               f"--root_dir={root}", f"--out={out}", *QUICK]  # fmt: skip
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    assert done.stderr == ""
-    return done.stdout
 
 
 def _script() -> ModuleType:
@@ -37,18 +30,39 @@ def _script() -> ModuleType:
     return module
 
 
+def _in_this_process(name: str, command: list[str], log: Path) -> None:
+    """make_figures' step, with the command it builds run in this process."""
+    assert command[0] == sys.executable
+    if command[1] == "train.py":
+        train_in_process(*command[2:])
+    else:
+        assert command[1:3] == ["-m", "mnist_linear.sweep"], command
+        with workers.fresh_state():
+            sweep.main(command[3:])
+
+
 @pytest.mark.slow
 def test_make_figures_prints_the_readme_table_and_draws_the_same_bytes_again(
-    tmp_path: Path, mnist_root: Path
+    tmp_path: Path, mnist_root: Path, monkeypatch, capsys
 ) -> None:
-    first = _make_figures(tmp_path / "runs", tmp_path / "first", mnist_root)
-    # Drawn again from the same runs, by the script's own function: the same bytes.
+    script = _script()
+    monkeypatch.setattr(script, "step", _in_this_process)
+    monkeypatch.chdir(REPO)  # where the script runs its commands
+    script.main([f"--data_dir={mnist_root}", f"--root_dir={tmp_path / 'runs'}",
+                 f"--out={tmp_path / 'first'}", *QUICK])  # fmt: skip
+    first = capsys.readouterr().out
+    # Drawn again from the same runs by the script's own function, in a process of its
+    # own: the same bytes.
     runs = tmp_path / "runs"
     folders = {"logistic": runs / "logistic" / "lightning_logs" / "version_0",
                "softmax": runs / "softmax" / "lightning_logs" / "version_0",
                "logistic_l2": runs / "lightning_logs" / "logistic_l2"}  # fmt: skip
-    for name, folder in folders.items():
-        _script().draw(name, folder, tmp_path / "second")
+    draws = "; ".join(f"draw({name!r}, Path({str(folder)!r}), Path({str(tmp_path / 'second')!r}))"
+                      for name, folder in folders.items())  # fmt: skip
+    code = f"from pathlib import Path; from make_figures import draw; {draws}"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO / "docs", capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0 and done.stderr == "", done.stderr[-3000:]
     for out in ("first", "second"):
         assert {str(p.relative_to(tmp_path / out)) for p in (tmp_path / out).rglob("*")
                 if p.is_file()} == FIGURES  # fmt: skip

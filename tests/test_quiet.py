@@ -2,68 +2,61 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_dir, run_train, train_in_process
+from conftest import REPO, run_dir, train_in_process
+
+from mnist_linear import report
 
 SMALL = (f"--config={REPO / 'configs' / 'logistic.yaml'}", "--data.train_size=2000")  # 10 steps
 NOT_EMPTY = "exists and is not empty"  # Lightning's warning about a checkpoint folder
 
 
-@pytest.fixture(scope="module")
-def resumed(
-    tmp_path_factory: pytest.TempPathFactory, mnist_root: Path
-) -> tuple[Path, list[subprocess.CompletedProcess]]:
-    """A run resumed twice in its folder, and what the two resumes printed.
-
-    First from its last.ckpt of epoch 0 to epoch 1; then again from a copy of that
-    checkpoint, after the first resume had logged past it, as a run killed after a
-    checkpoint is.
-    """
-    root = tmp_path_factory.mktemp("resumed")
-    train_in_process(
-        *SMALL,
-        "--trainer.max_epochs=1",
-        f"--data.data_dir={mnist_root}",
-        f"--trainer.default_root_dir={root}",
-        "--trainer.enable_progress_bar=false",
-    )
+@pytest.mark.slow
+def test_a_resume_in_its_own_folder_says_nothing_of_its_checkpoints_nor_does_its_report(
+    tmp_path: Path, mnist_root: Path, capfd, recwarn, caplog
+) -> None:
+    # A run resumed twice in its folder: first from its last.ckpt of epoch 0 to epoch 1;
+    # then again from a copy of that checkpoint, after the first resume had logged past
+    # it, as a run killed after a checkpoint is.
+    root = tmp_path / "runs"
+    common = (*SMALL, f"--data.data_dir={mnist_root}", f"--trainer.default_root_dir={root}",
+              "--trainer.enable_progress_bar=false")  # fmt: skip
+    train_in_process(*common, "--trainer.max_epochs=1")
     checkpoints = run_dir(root) / "checkpoints"
     shutil.copy(checkpoints / "last.ckpt", checkpoints / "epoch0.ckpt")
-    resume = (*SMALL, "--trainer.max_epochs=2")
-    resumes = [
-        run_train(*resume, f"--ckpt_path={checkpoints / name}", root=root, mnist=mnist_root)
-        for name in ("last.ckpt", "epoch0.ckpt")
-    ]
-    for done in resumes:
-        assert done.returncode == 0, done.stderr[-3000:]
-    return run_dir(root), resumes
-
-
-@pytest.mark.slow
-def test_a_resume_in_its_own_folder_says_nothing_of_its_checkpoints(resumed) -> None:
-    _, resumes = resumed
-    for done in resumes:
-        assert "Restored all states from the checkpoint" in done.stdout + done.stderr
-        assert NOT_EMPTY not in done.stdout + done.stderr
-
-
-@pytest.mark.slow
-def test_the_report_of_a_resumed_run_prints_only_the_files_it_wrote(
-    resumed, tmp_path: Path
-) -> None:
-    folder, _ = resumed
+    capfd.readouterr()
+    lightning_log = logging.getLogger("lightning.pytorch")  # its handler predates capfd
+    for name in ("last.ckpt", "epoch0.ckpt"):
+        logged = io.StringIO()
+        handler = logging.StreamHandler(logged)
+        lightning_log.addHandler(handler)
+        try:
+            train_in_process(*common, "--trainer.max_epochs=2", f"--ckpt_path={checkpoints / name}")
+        finally:
+            lightning_log.removeHandler(handler)
+        warned = [str(w.message) for w in recwarn]
+        recwarn.clear()
+        printed = "".join([*capfd.readouterr(), logged.getvalue(), *warned])
+        assert "Restored all states from the checkpoint" in printed
+        assert NOT_EMPTY not in printed
+    folder = run_dir(root)
     assert len(list(folder.glob("events.out.tfevents.*"))) == 3
-    command = [sys.executable, "-m", "mnist_linear.report", str(folder), "--out", str(tmp_path)]
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stderr == ""
-    assert done.stdout.splitlines() == [
-        str(tmp_path / name) for name in ("loss.png", "accuracy.png", "weights.png")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # what a process of its own would print
+        drawn = report.main([str(folder), "--out", str(tmp_path / "out")])
+    assert [r.getMessage() for r in caplog.records] == []
+    assert drawn == [
+        tmp_path / "out" / name for name in ("loss.png", "accuracy.png", "weights.png")
+    ]
+    out, err = capfd.readouterr()
+    assert err == ""  # TensorBoard's reader says nothing of the purges
+    assert out.splitlines() == [
+        str(tmp_path / "out" / name) for name in ("loss.png", "accuracy.png", "weights.png")
     ]
 
 
