@@ -11,9 +11,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import lightning as L
+import numpy as np
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -214,8 +216,9 @@ def train_in_process(*args: str) -> None:
 
 
 def events(folder: Path) -> EventAccumulator:
-    """The run's TensorBoard event files, read whole (every scalar and image kept)."""
-    accumulator = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0})
+    """The run's TensorBoard event files, read whole (every scalar, image and tensor kept)."""
+    whole = {"scalars": 0, "images": 0, "tensors": 0}
+    accumulator = EventAccumulator(str(folder), size_guidance=whole)
     accumulator.Reload()
     return accumulator
 
@@ -243,19 +246,61 @@ def mnist_copy(mnist_root: Path, tmp_path: Path) -> Path:
     return root
 
 
+# configs/logistic.yaml on the first 2000 training images: 389 twos and threes, 9 SGD
+# steps of 40 an epoch, in blocks of one step.
+SMALL = (f"--config={REPO / 'configs' / 'logistic.yaml'}", "--data.train_size=2000")
+
+
+def train_arguments(args: Sequence[str], root: Path, mnist: Path) -> list[str]:
+    """``ARGS`` writing under ``root``, data from ``mnist``, no progress bar.
+
+    Those three come after any ``--config`` (which must precede what it is overridden
+    by) and before the other arguments, so that a test can still override them.
+    """
+    configs = [a for a in args if a.startswith("--config")]
+    rest = [a for a in args if not a.startswith("--config")]
+    return [*configs, f"--data.data_dir={mnist}", f"--trainer.default_root_dir={root}",
+            "--trainer.enable_progress_bar=false", *rest]  # fmt: skip
+
+
+def train_here(*args: str, root: Path, mnist: Path) -> int:
+    """``train.py ARGS`` in this process (:func:`train_in_process`) with
+    :func:`train_arguments`: its exit code, a refusal's included."""
+    try:
+        train_in_process(*train_arguments(args, root, mnist))
+    except SystemExit as stop:
+        return stop.code
+    return 0
+
+
+def train_command(*args: str, root: Path, mnist: Path) -> list[str]:
+    """``python train.py ARGS`` with :func:`train_arguments`, for a process of its own."""
+    return [sys.executable, str(REPO / "train.py"), *train_arguments(args, root, mnist)]
+
+
 def run_train(
     *args: str, root: Path, mnist: Path, timeout: float = 240
 ) -> subprocess.CompletedProcess:
     """``python train.py ARGS`` as a user types it, writing under ``root``, data from ``mnist``."""
-    command = [
-        sys.executable,
-        str(REPO / "train.py"),
-        *args,
-        f"--data.data_dir={mnist}",
-        f"--trainer.default_root_dir={root}",
-        "--trainer.enable_progress_bar=false",
-    ]
+    command = train_command(*args, root=root, mnist=mnist)
     return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def steps_an_epoch(
+    mnist: Path, train_size: int, classes: Sequence[int] = (2, 3), batch_size: int = 40
+) -> int:
+    """SGD steps of an epoch, counted from the raw label bytes (an 8-byte header, then digits)."""
+    raw = (mnist / "MNIST" / "raw" / "train-labels-idx1-ubyte").read_bytes()
+    digits = np.frombuffer(raw, dtype=np.uint8, offset=8)[:train_size]
+    return int(np.isin(digits, list(classes)).sum()) // batch_size
+
+
+def bare_trainer(**kwargs: object) -> L.Trainer:
+    """A real Trainer with no logger, checkpoints, progress bar or model summary; ``kwargs``
+    add to or override those."""
+    defaults = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False,
+                "enable_model_summary": False}  # fmt: skip
+    return L.Trainer(**{**defaults, **kwargs})
 
 
 def run_dir(root: Path) -> Path:

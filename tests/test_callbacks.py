@@ -15,11 +15,12 @@ import pytest
 import torch
 from conftest import (
     REPO,
+    bare_trainer,
     events,
     read_results,
     run_dir,
     stopping_state,
-    train_in_process,
+    train_here,
     two_vs_three,
 )
 from lightning.pytorch.loggers import CSVLogger
@@ -292,15 +293,10 @@ def test_bad_patience_is_refused() -> None:
 # --- Early stopping and resume in real runs -------------------------------------------------
 
 
-def _train(*args: str, root: Path, mnist: Path) -> None:
-    train_in_process(*args, f"--data.data_dir={mnist}", f"--trainer.default_root_dir={root}",
-                     "--trainer.enable_progress_bar=false")  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def early_stopped_run(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> Path:
     root = tmp_path_factory.mktemp("early")
-    _train(*EARLY_STOP_ARGS, root=root, mnist=mnist_root)
+    assert train_here(*EARLY_STOP_ARGS, root=root, mnist=mnist_root) == 0
     return root
 
 
@@ -336,7 +332,7 @@ def test_resuming_a_run_that_stopped_early_stays_stopped(
     last = tmp_path / "copied.ckpt"
     shutil.copy(run_dir(early_stopped_run) / "checkpoints" / "last.ckpt", last)
     root = tmp_path / "root"
-    _train(*EARLY_STOP_ARGS, f"--ckpt_path={last}", root=root, mnist=mnist_root)
+    assert train_here(*EARLY_STOP_ARGS, f"--ckpt_path={last}", root=root, mnist=mnist_root) == 0
     results, expected = read_results(root), read_results(early_stopped_run)
     assert results["global_step"] == expected["global_step"]
     assert results["val/loss"] == expected["val/loss"]
@@ -400,14 +396,7 @@ def test_restored_weights_and_the_assignment_figure_show_the_restored_weights(
 
 
 def _fit(callback: L.Callback, mnist_root: Path, tmp_path: Path, **kwargs: object) -> L.Trainer:
-    trainer = L.Trainer(
-        default_root_dir=tmp_path,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        max_steps=20,
-        callbacks=[callback],
-        **kwargs,
-    )
+    trainer = bare_trainer(default_root_dir=tmp_path, max_steps=20, callbacks=[callback], **kwargs)
     datamodule = two_vs_three(mnist_root, train_size=2000)
     trainer.fit(LinearClassifier(2, learning_rate=0.5), datamodule=datamodule)
     return trainer
@@ -415,8 +404,7 @@ def _fit(callback: L.Callback, mnist_root: Path, tmp_path: Path, **kwargs: objec
 
 def test_weight_images_write_nothing_without_tensorboard(mnist_root: Path, tmp_path: Path) -> None:
     # Another logger is there, with a folder of its own; 20 steps cross two epoch ends (9 each).
-    trainer = _fit(WeightImageLogger(), mnist_root, tmp_path, logger=CSVLogger(tmp_path),
-                   enable_progress_bar=False)  # fmt: skip
+    trainer = _fit(WeightImageLogger(), mnist_root, tmp_path, logger=CSVLogger(tmp_path))
     assert trainer.global_step == 20
     written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
     assert written == ["lightning_logs/version_0/hparams.yaml",
@@ -428,8 +416,8 @@ def test_progress_bar_draws_no_bar_per_evaluation_while_fitting(
 ) -> None:
     from mnist_linear.callbacks import TrainingProgressBar
 
-    trainer = _fit(TrainingProgressBar(refresh_rate=1), mnist_root, tmp_path, logger=False,
-                   val_check_interval=0.5)  # fmt: skip
+    trainer = _fit(TrainingProgressBar(refresh_rate=1), mnist_root, tmp_path,
+                   enable_progress_bar=True, val_check_interval=0.5)  # fmt: skip
     output = "".join(capfd.readouterr())
     assert "Epoch 0" in output and "val/acc=" in output
     assert "Validation DataLoader" not in output

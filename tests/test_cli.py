@@ -19,11 +19,14 @@ from conftest import (
     IMAGE_TAGS,
     REPO,
     SCALAR_TAGS,
+    SMALL,
     events,
     read_results,
     run_dir,
     run_train,
+    steps_an_epoch,
     stopping_state,
+    train_here,
     train_in_process,
     two_vs_three,
 )
@@ -40,8 +43,6 @@ RESULT_KEYS = {
     "weight_norm", "best_epoch", "best_step", "stopped_epoch", "stop_reason", "global_step",
     "threads", "seconds",
 }  # fmt: skip
-
-SMALL = (f"--config={REPO / 'configs' / 'logistic.yaml'}", "--data.train_size=2000")  # 9 steps
 
 
 def test_short_training_learns_and_writes_every_output(logistic_run: Path) -> None:
@@ -297,12 +298,7 @@ def test_trainer_flags_of_automatic_optimisation_are_refused_by_lightning_in_one
 
 def _refusal(args: list[str], root: Path, mnist: Path, capfd: pytest.CaptureFixture) -> str:
     """Run train.py's main in this process; the one-line refusal it ends with (exit code 2)."""
-    with pytest.raises(SystemExit) as stop:
-        train_in_process(*[
-            "--config=configs/logistic.yaml", f"--data.data_dir={mnist}",
-            f"--trainer.default_root_dir={root}", "--trainer.enable_progress_bar=false", *args,
-        ])  # fmt: skip
-    assert stop.value.code == 2
+    assert train_here("--config=configs/logistic.yaml", *args, root=root, mnist=mnist) == 2
     err = capfd.readouterr().err
     assert "Traceback" not in err
     assert not (root / "lightning_logs").exists()  # the refused run left no folder
@@ -378,7 +374,7 @@ def test_ddp_two_processes_train_exactly_what_one_process_trains(
     assert done.returncode == 0, done.stderr[-3000:]
     single = torch.load(run_dir(one_process) / "checkpoints" / "last.ckpt", weights_only=True)
     double = torch.load(run_dir(tmp_path) / "checkpoints" / "last.ckpt", weights_only=True)
-    assert single["global_step"] == double["global_step"] == 2 * _steps_of_2_and_3(mnist_root, 2000)
+    assert single["global_step"] == double["global_step"] == 2 * steps_an_epoch(mnist_root, 2000)
     for key in ("linear.weight", "linear.bias"):
         assert not torch.equal(
             single["state_dict"][key], torch.zeros_like(single["state_dict"][key])
@@ -442,13 +438,6 @@ def test_the_readme_logistic_row(mnist_root: Path, tmp_path: Path) -> None:
     assert round(results["val/loss"], 4) == 0.0867
 
 
-def _steps_an_epoch(mnist: Path, train_size: int, classes: list[int], batch_size: int) -> int:
-    """SGD steps of an epoch, counted from the raw label bytes (an 8-byte header, then digits)."""
-    raw = (mnist / "MNIST" / "raw" / "train-labels-idx1-ubyte").read_bytes()
-    digits = np.frombuffer(raw, dtype=np.uint8, offset=8)[:train_size]
-    return int(np.isin(digits, classes).sum()) // batch_size
-
-
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -488,7 +477,7 @@ def test_an_evaluation_interval_longer_than_an_epoch_is_refused_before_training(
     args: list[str], most: int | None, flag: str, tmp_path: Path, mnist_root: Path, capfd,
     monkeypatch,
 ) -> None:  # fmt: skip
-    steps = _steps_an_epoch(mnist_root, 2000, [2, 3], 40)
+    steps = steps_an_epoch(mnist_root, 2000)
     blocks = min(10, steps)  # the config's evaluations_per_epoch, at most one per step
     last = _refusal(["--data.train_size=2000", "--trainer.max_epochs=1", *args], tmp_path,
                     mnist_root, capfd)  # fmt: skip
@@ -557,16 +546,8 @@ def test_a_refused_run_leaves_no_folder_it_made(
 
 def _train(root: Path, mnist: Path, *args: str) -> Path:
     """``train.py SMALL ARGS`` in this process, writing under ``root``: the run folder."""
-    train_in_process(*SMALL, f"--data.data_dir={mnist}", f"--trainer.default_root_dir={root}",
-                     "--trainer.enable_progress_bar=false", *args)  # fmt: skip
+    assert train_here(*SMALL, *args, root=root, mnist=mnist) == 0
     return run_dir(root)
-
-
-def _steps_of_2_and_3(mnist: Path, train_size: int, batch_size: int = 40) -> int:
-    """SGD steps of a 2-vs-3 epoch, counted from the raw label bytes (8-byte header)."""
-    raw = (mnist / "MNIST" / "raw" / "train-labels-idx1-ubyte").read_bytes()
-    digits = np.frombuffer(raw, dtype=np.uint8, offset=8)[:train_size]
-    return int(np.isin(digits, [2, 3]).sum()) // batch_size
 
 
 def test_nesterov_momentum_from_the_command_line_is_the_optimizers(
@@ -586,7 +567,7 @@ def test_annealing_t_null_keeps_the_learning_rate_constant(tmp_path: Path, mnist
     folder = _train(tmp_path, mnist_root, "--annealing.T=null", "--model.learning_rate=0.3",
                     "--trainer.max_epochs=2")  # fmt: skip
     rates = [e.value for e in events(folder).Scalars("lr")]
-    blocks = min(10, _steps_of_2_and_3(mnist_root, 2000))  # evaluations, at most one a step
+    blocks = min(10, steps_an_epoch(mnist_root, 2000))  # evaluations, at most one a step
     assert len(rates) == 2 * blocks and set(rates) == {np.float32(0.3)}  # α(t) = 0.3 throughout
 
 
@@ -599,7 +580,7 @@ def test_the_stop_epoch_follows_the_rule_on_the_logged_validation_losses(
 ) -> None:
     # At a constant rate of 1.0 these 2000 images' validation loss jumps about: Lightning's
     # rule stops in epoch 9 (patience 3) or 11 (5), the assignment's not within 13 epochs.
-    steps = _steps_of_2_and_3(mnist_root, 2000)
+    steps = steps_an_epoch(mnist_root, 2000)
     folder = _train(tmp_path, mnist_root, "--model.learning_rate=1.0", "--annealing.T=null",
                     f"--early_stopping.rule={rule}", f"--early_stopping.patience={patience}",
                     "--trainer.max_epochs=13")  # fmt: skip
@@ -642,7 +623,7 @@ def test_the_advanced_profiler_profiles_each_sgd_step_of_the_hand_derived_loss(
     report = out[out.index("Profile stats for: [Strategy]SingleDeviceStrategy.training_step") :]
     report = report[: report.index("Profile stats for:", 1)]
     (row,) = [line for line in report.splitlines() if "(linear_cross_entropy)" in line]
-    assert int(row.split()[0]) == _steps_of_2_and_3(mnist_root, 2000)  # one call per step
+    assert int(row.split()[0]) == steps_an_epoch(mnist_root, 2000)  # one call per step
 
 
 def test_the_pytorch_profiler_reports_and_writes_its_traces_into_the_run_folder(
@@ -678,6 +659,7 @@ def test_no_mnist_source_that_works_ends_in_one_line_and_exit_status_1(
 # --- The map from the README's claims to their tests ------------------------------------
 
 NAMED_TEST = re.compile(r"tests/(test_\w+\.py)::(test_\w+)")
+ANY_TEST = re.compile(r"(?<![/\w])(test_\w+)\b(?!\.py)")
 
 
 def _tests_in(module: Path) -> set[str]:
@@ -688,7 +670,8 @@ def _tests_in(module: Path) -> set[str]:
 
 def test_every_test_the_docs_name_exists() -> None:
     pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-    named = {(p.name, *found) for p in pages for found in NAMED_TEST.findall(p.read_text())}
+    texts = {page.name: page.read_text() for page in pages}
+    named = {(page, *found) for page, text in texts.items() for found in NAMED_TEST.findall(text)}
     assert len(named) >= 40  # docs/tests.md names a test for each of the README's claims
     missing = [
         f"{page}: tests/{module}::{test}"
@@ -696,4 +679,8 @@ def test_every_test_the_docs_name_exists() -> None:
         if not (REPO / "tests" / module).is_file() or test not in _tests_in(REPO / "tests" / module)
     ]
     assert missing == []
+    # A test named without its module (not a tag such as hp/test_acc, nor a module name).
+    every = set().union(*(_tests_in(module) for module in (REPO / "tests").glob("test_*.py")))
+    bare = {(page, name) for page, text in texts.items() for name in ANY_TEST.findall(text)}
+    assert sorted((page, name) for page, name in bare if name not in every) == []
     assert "(docs/tests.md)" in (REPO / "README.md").read_text()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import two_vs_three
+from conftest import bare_trainer, two_vs_three
 
 from mnist_linear.callbacks import TrainingProgressBar, ValidationLossEarlyStopping
 from mnist_linear.data import MNISTSubsetDataModule
@@ -73,17 +73,6 @@ def test_training_loss_is_mean_cross_entropy_plus_l2_through_the_custom_function
     assert float(loss.detach()) == pytest.approx(expected, rel=1e-6)
 
 
-def _bare_trainer(**kwargs: object) -> L.Trainer:
-    """A real Trainer with no logger, checkpoints, progress bar or model summary."""
-    return L.Trainer(
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **kwargs,
-    )
-
-
 def test_a_training_step_is_one_step_of_gradient_descent(mnist_root) -> None:
     dm = MNISTSubsetDataModule(data_dir=str(mnist_root), batch_size=40, shuffle=False)
     dm.setup()
@@ -95,7 +84,7 @@ def test_a_training_step_is_one_step_of_gradient_descent(mnist_root) -> None:
     z = x[:40] @ w0.t() + b0
     reference = F.cross_entropy(z, y[:40]) + 0.01 * w0.pow(2).sum()
     grad_w, grad_b = torch.autograd.grad(reference, (w0, b0))
-    trainer = _bare_trainer(max_steps=1, limit_val_batches=0)
+    trainer = bare_trainer(max_steps=1, limit_val_batches=0)
     trainer.fit(model, datamodule=dm)
     assert trainer.global_step == 1
     torch.testing.assert_close(model.linear.weight, w0 - 0.5 * grad_w)
@@ -129,7 +118,7 @@ def test_a_nan_loss_goes_through_validation_and_stops_training(mnist_root) -> No
     dm = two_vs_three(mnist_root)  # 4005 images: 100 steps of 40, in 10 blocks of 10
     dm.val_set.tensors[0][5, 300] = float("nan")  # one image of the validation split
     stopping = ValidationLossEarlyStopping()
-    trainer = _bare_trainer(max_epochs=5, val_check_interval=1, callbacks=[stopping])
+    trainer = bare_trainer(max_epochs=5, val_check_interval=1, callbacks=[stopping])
     with pytest.warns(UserWarning, match="val/loss is nan at step 10"):
         trainer.fit(LinearClassifier(2, learning_rate=0.1), datamodule=dm)
     # Stopped at the first evaluation, after the first block: 10 steps of the epoch's 100.

@@ -6,24 +6,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import REPO, events, read_results, run_dir, train_in_process
+from conftest import SMALL, events, read_results, run_dir, train_here, two_vs_three
 
-from mnist_linear.data import MNISTSubsetDataModule
-
-SMALL = (
-    f"--config={REPO / 'configs' / 'logistic.yaml'}",
-    "--data.train_size=2000",  # 10 steps an epoch, one per evaluation
-    "--trainer.max_epochs=2",
-)
 STAGE_METRICS = [
     f"{stage}/{name}" for stage in ("train", "val", "test") for name in ("loss", "acc")
 ]
 
 
 def train(root: Path, mnist: Path, *args: str) -> dict:
-    """``train.py SMALL ARGS`` in this process; the run's results.json."""
-    train_in_process(*SMALL, f"--data.data_dir={mnist}", f"--trainer.default_root_dir={root}",
-          "--trainer.enable_progress_bar=false", *args)  # fmt: skip
+    """``train.py SMALL`` for two epochs with ``ARGS``, in this process; its results.json."""
+    assert train_here(*SMALL, "--trainer.max_epochs=2", *args, root=root, mnist=mnist) == 0
     return read_results(root)
 
 
@@ -58,8 +50,7 @@ def test_logged_evaluation_at_the_restored_step_is_results_json(
         # is what was logged, if both were computed alike (float64 ones under 64-true).
         assert np.float32(results[tag]) == np.float32(logged), tag
     if precision == "bf16-true":  # evaluated in float32, not bf16: a whole number of images
-        data = MNISTSubsetDataModule(data_dir=str(mnist_root), classes=[2, 3], train_size=2000)
-        data.setup()
+        data = two_vs_three(mnist_root, train_size=2000)
         right = results["val/acc"] * len(data.val_set)
         assert right == pytest.approx(round(right), abs=1e-3), right
 

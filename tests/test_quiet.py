@@ -8,11 +8,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import REPO, run_dir, train_in_process
+from conftest import REPO, SMALL, run_dir, train_in_process
 
 from mnist_linear import report
 
-SMALL = (f"--config={REPO / 'configs' / 'logistic.yaml'}", "--data.train_size=2000")  # 10 steps
 NOT_EMPTY = "exists and is not empty"  # Lightning's warning about a checkpoint folder
 
 

@@ -9,16 +9,22 @@ import socket
 import time
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 import yaml
-from conftest import REPO, events, run_dir, train_in_process
+from conftest import (
+    REPO,
+    SMALL,
+    bare_trainer,
+    events,
+    run_dir,
+    stopping_state,
+    train_here,
+    train_in_process,
+    two_vs_three,
+)
 
-from mnist_linear.data import MNISTSubsetDataModule
 from mnist_linear.model import LinearClassifier
-
-SMALL = (f"--config={REPO / 'configs' / 'logistic.yaml'}", "--data.train_size=2000")  # 9 steps
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
@@ -34,7 +40,7 @@ def _snapshot(folder: Path) -> dict[str, str]:
 def two_epochs(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> Path:
     """The run folder of a 2-epoch logistic run on 2000 training images."""
     root = tmp_path_factory.mktemp("two_epochs")
-    done = _train(*SMALL, "--trainer.max_epochs=2", root=root, mnist=mnist_root)
+    done = train_here(*SMALL, "--trainer.max_epochs=2", root=root, mnist=mnist_root)
     assert done == 0
     return run_dir(root)
 
@@ -55,12 +61,6 @@ def _in_process(args: list[str], monkeypatch: pytest.MonkeyPatch | None = None) 
     return 0
 
 
-def _train(*args: str, root: Path, mnist: Path) -> int:
-    """``train.py ARGS`` in this process, writing under ``root``, as conftest's run_train."""
-    return _in_process([*args, f"--data.data_dir={mnist}", f"--trainer.default_root_dir={root}",
-                        "--trainer.enable_progress_bar=false"])  # fmt: skip
-
-
 def test_a_resume_from_a_copied_folder_leaves_the_original_run_whole(
     two_epochs: Path, tmp_path: Path, mnist_root: Path
 ) -> None:
@@ -68,7 +68,7 @@ def test_a_resume_from_a_copied_folder_leaves_the_original_run_whole(
     copy = tmp_path / "lightning_logs" / "copy"
     shutil.copytree(two_epochs, copy)
     last = copy / "checkpoints" / "last.ckpt"
-    done = _train(*SMALL, "--trainer.max_epochs=4", f"--ckpt_path={last}", root=tmp_path,
+    done = train_here(*SMALL, "--trainer.max_epochs=4", f"--ckpt_path={last}", root=tmp_path,
                      mnist=mnist_root)  # fmt: skip
     assert done == 0
     assert _snapshot(two_epochs) == before
@@ -84,7 +84,7 @@ def test_a_resume_from_a_copied_checkpoint_leaves_the_original_run_whole(
     assert any(name.startswith("checkpoints/best-") for name in before)
     copy = _copy_last(two_epochs, tmp_path)
     root = tmp_path / "resumed"
-    done = _train(*SMALL, "--trainer.max_epochs=4", f"--ckpt_path={copy}", root=root,
+    done = train_here(*SMALL, "--trainer.max_epochs=4", f"--ckpt_path={copy}", root=root,
                      mnist=mnist_root)  # fmt: skip
     assert done == 0
     assert _snapshot(two_epochs) == before  # no file of the other run removed or rewritten
@@ -105,7 +105,7 @@ def test_a_resume_with_nothing_left_to_train_still_holds_the_best_checkpoint(
 ) -> None:
     copy = _copy_last(two_epochs, tmp_path)
     root = tmp_path / "resumed"
-    done = _train(*SMALL, "--trainer.max_epochs=2", f"--ckpt_path={copy}", root=root,
+    done = train_here(*SMALL, "--trainer.max_epochs=2", f"--ckpt_path={copy}", root=root,
                      mnist=mnist_root)  # fmt: skip
     assert done == 0
     (original,) = (two_epochs / "checkpoints").glob("best-*.ckpt")
@@ -190,9 +190,8 @@ def test_a_configured_logger_without_a_version_resumes_in_its_own_folder(
 
 
 def _weights_only_by_lightning(mnist_root: Path, path: Path) -> None:
-    data = MNISTSubsetDataModule(data_dir=str(mnist_root), classes=[2, 3], train_size=2000)
-    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    data = two_vs_three(mnist_root, train_size=2000)
+    trainer = bare_trainer(max_steps=1)
     trainer.fit(LinearClassifier(2, learning_rate=0.2), datamodule=data)
     trainer.save_checkpoint(path, weights_only=True)
 
@@ -271,13 +270,13 @@ def test_seed_everything_true_resumes_as_the_seed_it_stood_for(
 ) -> None:
     # Lightning 2.6's seed_everything(None), without PL_GLOBAL_SEED in the environment, sets 0.
     monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
-    first = _train(*SMALL, "--trainer.max_epochs=1", "--seed_everything=true", root=tmp_path,
+    first = train_here(*SMALL, "--trainer.max_epochs=1", "--seed_everything=true", root=tmp_path,
                       mnist=mnist_root)  # fmt: skip
     assert first == 0
     folder = run_dir(tmp_path)
     assert yaml.safe_load((folder / "config.yaml").read_text())["seed_everything"] == 0
     last = folder / "checkpoints" / "last.ckpt"
-    resumed = _train(*SMALL, "--trainer.max_epochs=2", "--seed_everything=true",
+    resumed = train_here(*SMALL, "--trainer.max_epochs=2", "--seed_everything=true",
                         f"--ckpt_path={last}", root=tmp_path, mnist=mnist_root)  # fmt: skip
     assert resumed == 0
     segments = json.loads((folder / "segments.json").read_text())
@@ -292,16 +291,15 @@ def test_a_resume_in_a_new_folder_that_finds_no_better_epoch_still_holds_the_bes
     # and rises in epoch 3 (0.099, then 0.115): the resumed epoch finds no better one.
     run = (*SMALL, "--model.learning_rate=1.0", "--annealing.T=null",
            "--early_stopping.patience=10")  # fmt: skip
-    first = _train(*run, "--trainer.max_epochs=3", root=tmp_path / "first", mnist=mnist_root)
+    first = train_here(*run, "--trainer.max_epochs=3", root=tmp_path / "first", mnist=mnist_root)
     assert first == 0
     (original,) = (run_dir(tmp_path / "first") / "checkpoints").glob("best-*.ckpt")
     copy = _copy_last(run_dir(tmp_path / "first"), tmp_path)
     root = tmp_path / "resumed"
-    done = _train(*run, "--trainer.max_epochs=4", f"--ckpt_path={copy}", root=root,
+    done = train_here(*run, "--trainer.max_epochs=4", f"--ckpt_path={copy}", root=root,
                      mnist=mnist_root)  # fmt: skip
     assert done == 0
-    last = torch.load(run_dir(root) / "checkpoints" / "last.ckpt", weights_only=True)
-    (state,) = [v for k, v in last["callbacks"].items() if k.startswith("ValidationLoss")]
+    state = stopping_state(run_dir(root) / "checkpoints" / "last.ckpt")
     assert len(state["history"]) == 4 and state["best_epoch"] == 2  # trained, no new best
     (best,) = (run_dir(root) / "checkpoints").glob("best-*.ckpt")
     assert best.name == original.name == "best-epoch=2-step=27.ckpt"

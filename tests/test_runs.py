@@ -11,22 +11,25 @@ import runpy
 import signal
 import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import lightning as L
-import numpy as np
 import pytest
 import torch
 import yaml
 from conftest import (
     REPO,
+    SMALL,
     events,
     read_results,
     run_dir,
+    steps_an_epoch,
     stopping_state,
+    train_command,
+    train_here,
     train_in_process,
+    two_vs_three,
 )
 from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
 
@@ -34,28 +37,11 @@ from mnist_linear import workers
 from mnist_linear.callbacks import ValidationLossEarlyStopping
 from mnist_linear.cli import CLI_KWARGS, MNISTLinearCLI
 from mnist_linear.data import MNISTSubsetDataModule
+from mnist_linear.files import current_umask
 from mnist_linear.folders import claim_version
 from mnist_linear.model import LinearClassifier
 from mnist_linear.resume import read_checkpoint
 from mnist_linear.run import AtomicCheckpointIO, AtomicTensorBoardLogger, RunResults
-
-SMALL = (f"--config={REPO / 'configs' / 'logistic.yaml'}", "--data.train_size=2000")  # 9 steps
-
-
-def _steps_an_epoch(mnist: Path, train_size: int, classes: list[int], batch_size: int) -> int:
-    """SGD steps of an epoch, counted from the raw label bytes (an 8-byte header, then digits)."""
-    raw = (mnist / "MNIST" / "raw" / "train-labels-idx1-ubyte").read_bytes()
-    digits = np.frombuffer(raw, dtype=np.uint8, offset=8)[:train_size]
-    return int(np.isin(digits, classes).sum()) // batch_size
-
-
-def _train_command(*args: str, root: Path, mnist: Path) -> list[str]:
-    return [
-        sys.executable, str(REPO / "train.py"), *args,
-        f"--data.data_dir={mnist}", f"--trainer.default_root_dir={root}",
-        "--trainer.enable_progress_bar=false",
-    ]  # fmt: skip
-
 
 # --- Runs started together ---------------------------------------------------------------
 
@@ -73,7 +59,7 @@ def test_runs_started_together_in_one_folder_never_share_a_file(
     seeds = (1, 2)
     runs = [
         subprocess.Popen(
-            _train_command(
+            train_command(
                 *SMALL, "--trainer.max_steps=5", f"--seed_everything={seed}",
                 root=tmp_path, mnist=mnist_root,
             ),
@@ -94,14 +80,8 @@ def test_runs_started_together_in_one_folder_never_share_a_file(
         seen.add(yaml.safe_load((folder / "config.yaml").read_text())["seed_everything"])
         results = folder / "results.json"
         assert json.loads(results.read_text())["global_step"] == 5
-        assert stat.S_IMODE(results.stat().st_mode) == 0o666 & ~_umask()
+        assert stat.S_IMODE(results.stat().st_mode) == 0o666 & ~current_umask()
     assert seen == set(seeds)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 @pytest.mark.parametrize("logger", ["TensorBoardLogger", "CSVLogger"])
@@ -200,13 +180,7 @@ REFUSED = [("--trainer.limit_val_batches=0.5", "limit_val_batches")]
 
 def _main(args: list[str], root: Path, mnist: Path, *, run: tuple[str, ...] = SMALL) -> int:
     """``train.py RUN --trainer.max_epochs=2 ARGS`` in this process: its exit code."""
-    try:
-        train_in_process(*run, "--trainer.max_epochs=2", f"--data.data_dir={mnist}",
-                         f"--trainer.default_root_dir={root}",
-                         "--trainer.enable_progress_bar=false", *args)  # fmt: skip
-    except SystemExit as stop:
-        return stop.code
-    return 0
+    return train_here(*run, "--trainer.max_epochs=2", *args, root=root, mnist=mnist)
 
 
 def _files(folder: Path) -> set[str]:
@@ -234,7 +208,7 @@ def test_trainer_flag_gives_its_steps_evaluations_and_files_under_the_root(
     flags: tuple[str, ...], tmp_path: Path, mnist_root: Path, whole_split_run: dict, monkeypatch,
     capfd, caplog,
 ) -> None:  # fmt: skip
-    steps = _steps_an_epoch(mnist_root, 20000, [2, 3], 40)
+    steps = steps_an_epoch(mnist_root, 20000)
     assert steps == 100  # so blocks of 10 steps
     epochs, sgd_steps, evaluations, files = FLAGS[flags](steps)
     monkeypatch.chdir(tmp_path)
@@ -302,8 +276,7 @@ def _refuse_constant(name: str) -> None:
 def test_values_that_are_not_finite_are_null_in_strict_json_and_named_in_the_reason(
     tmp_path: Path, mnist_root: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    dm = MNISTSubsetDataModule(data_dir=str(mnist_root), classes=[2, 3], train_size=2000)
-    dm.setup()
+    dm = two_vs_three(mnist_root, train_size=2000)
     dm.val_set.tensors[0][5, 300] = float("nan")  # one validation image: val/loss is NaN
     trainer = L.Trainer(
         logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -338,7 +311,7 @@ def test_a_write_that_finds_no_room_is_one_line_naming_the_file_and_exit_code_1(
 ) -> None:
     # config.yaml (about 2 kB) fits under 5000 bytes, a checkpoint (about 12 kB) does not.
     done = subprocess.run(
-        _train_command(*SMALL, "--trainer.max_epochs=1", "--trainer.logger=false",
+        train_command(*SMALL, "--trainer.max_epochs=1", "--trainer.logger=false",
                        root=tmp_path, mnist=mnist_root),
         cwd=REPO, capture_output=True, text=True, timeout=120,
         preexec_fn=lambda: _file_size_limit(5000),
@@ -364,7 +337,7 @@ def test_hparams_yaml_is_written_by_a_rename_inside_the_run_folder(tmp_path: Pat
     logger.save()
     assert not outside.exists()
     path = folder / "hparams.yaml"
-    assert not path.is_symlink() and stat.S_IMODE(path.stat().st_mode) == 0o666 & ~_umask()
+    assert not path.is_symlink() and stat.S_IMODE(path.stat().st_mode) == 0o666 & ~current_umask()
     assert yaml.safe_load(path.read_text()) == {"learning_rate": 0.2, "classes": [2, 3]}
     assert [p.name for p in folder.iterdir() if p.name.endswith(".tmp")] == []
 
@@ -391,14 +364,11 @@ def test_a_flag_that_cannot_apply_is_refused_in_one_line(
 def test_overfit_batches_trains_and_evaluates_the_first_batches_unshuffled(
     tmp_path: Path, mnist_root: Path, monkeypatch
 ) -> None:
-    from mnist_linear.data import MNISTSubsetDataModule
-
     assert _main(["--trainer.overfit_batches=2", "--model.learning_rate=2.0",
                   "--trainer.max_epochs=10"], tmp_path, mnist_root) == 0  # fmt: skip
     results = read_results(tmp_path)
     assert results["global_step"] == 2 * (results["stopped_epoch"] + 1)  # two steps an epoch
-    data = MNISTSubsetDataModule(str(mnist_root), classes=[2, 3], train_size=2000)
-    data.setup()
+    data = two_vs_three(mnist_root, train_size=2000)
     checkpoint = torch.load(run_dir(tmp_path) / "checkpoints" / "last.ckpt", weights_only=True)
     model = LinearClassifier(2, learning_rate=1.0)
     model.load_state_dict({k: v for k, v in checkpoint["state_dict"].items() if "linear" in k})
@@ -414,7 +384,7 @@ def test_restored_and_best_weights_are_those_of_the_recorded_evaluation(
     tmp_path: Path, mnist_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # 4s and 9s: 98 steps an epoch, in blocks of 10 and 9: evaluations 9 or 10 steps apart.
-    assert _main(["--data.classes=[4,9]", "--data.train_size=20000", "--trainer.max_epochs=3"],
+    assert _main(["--data.classes=[4,9]", "--data.train_size=20000", "--trainer.max_epochs=2"],
                  tmp_path, mnist_root) == 0  # fmt: skip
     folder = run_dir(tmp_path)
     results = read_results(tmp_path)
@@ -483,7 +453,7 @@ def test_an_interrupted_checkpoint_write_keeps_the_previous_file(tmp_path: Path)
     assert path.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temporary left
     assert torch.equal(read_checkpoint(path)["state_dict"]["w"], torch.ones(3))
-    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~_umask()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~current_umask()
 
 
 # A run that stalls at the start of epoch 3 (last.ckpt of epoch 2 written, 5 epochs to go),
@@ -498,7 +468,7 @@ def _stalled(root: Path, mnist: Path) -> tuple[subprocess.Popen, Path]:
     """``train.py STALLED`` in a process of its own, once it stalls: it and its last.ckpt."""
     folder = root / "lightning_logs" / "version_0"
     process = subprocess.Popen(
-        _train_command(*STALLED, *STALL, root=root, mnist=mnist), cwd=REPO, env=STALL_ENV,
+        train_command(*STALLED, *STALL, root=root, mnist=mnist), cwd=REPO, env=STALL_ENV,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 120
@@ -620,7 +590,7 @@ def test_max_time_stops_after_a_block_and_restores_the_best_epoch_seen(
 ) -> None:
     # The whole 2-vs-3 split: blocks of 10 steps, so a check after every step would stop
     # at a multiple of 10 only by chance. Nothing else stops it within two seconds.
-    steps = _steps_an_epoch(mnist_root, 20000, [2, 3], 40)
+    steps = steps_an_epoch(mnist_root, 20000)
     limits = ["--trainer.max_time=00:00:00:02", "--trainer.max_epochs=100000",
               "--early_stopping.patience=100000"]  # fmt: skip
     assert _main(limits, tmp_path, mnist_root, run=WHOLE) == 0

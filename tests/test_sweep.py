@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, read_results, sweep_command, train_in_process
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from conftest import REPO, events, read_results, sweep_command, train_in_process
 from tensorboard.plugins.hparams import plugin_data_pb2
 
 from mnist_linear.callbacks import LearningRateAnnealing
@@ -159,9 +158,8 @@ def test_summary_is_the_mean_and_sample_std_of_the_runs_results(sweep_root: Path
 @pytest.mark.slow
 def test_hparams_and_final_metrics_are_in_the_event_files(sweep_root: Path) -> None:
     run = _folder(sweep_root) / NAMES[3]
-    events = EventAccumulator(str(run), size_guidance={"scalars": 0, "tensors": 0})
-    events.Reload()
-    content = events.PluginTagToContent("hparams")
+    logged = events(run)
+    content = logged.PluginTagToContent("hparams")
     start = next(
         data.session_start_info
         for data in (plugin_data_pb2.HParamsPluginData.FromString(c) for c in content.values())
@@ -173,7 +171,7 @@ def test_hparams_and_final_metrics_are_in_the_event_files(sweep_root: Path) -> N
     assert hparams["model.learning_rate"].number_value == 0.2
     assert hparams["data.batch_size"].number_value == 40
     results = json.loads((run / "results.json").read_text())
-    (val_acc,) = events.Scalars("hp/val_acc")
+    (val_acc,) = logged.Scalars("hp/val_acc")
     assert val_acc.value == pytest.approx(results["val/acc"])
 
 

@@ -7,6 +7,7 @@ import os
 import random
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,16 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning_utilities.core.rank_zero import WarningCache
 
 from mnist_linear import workers
+
+
+@pytest.fixture(autouse=True)
+def _the_sessions_fresh_state_kept() -> Iterator[None]:
+    """These tests remember a fresh state of their own; later in-process runs keep the one
+    the session remembered before any test trained (conftest)."""
+    saved = dict(workers._fresh)
+    yield
+    workers._fresh.clear()
+    workers._fresh.update(saved)
 
 
 def _process_state() -> dict[str, object]:
