@@ -263,14 +263,19 @@ def train_arguments(args: Sequence[str], root: Path, mnist: Path) -> list[str]:
             "--trainer.enable_progress_bar=false", *rest]  # fmt: skip
 
 
-def train_here(*args: str, root: Path, mnist: Path) -> int:
-    """``train.py ARGS`` in this process (:func:`train_in_process`) with
-    :func:`train_arguments`: its exit code, a refusal's included."""
+def exit_code_in_process(*args: str) -> int:
+    """``train.py ARGS`` in this process (:func:`train_in_process`): its exit code, a
+    refusal's included."""
     try:
-        train_in_process(*train_arguments(args, root, mnist))
+        train_in_process(*args)
     except SystemExit as stop:
         return stop.code
     return 0
+
+
+def train_here(*args: str, root: Path, mnist: Path) -> int:
+    """:func:`exit_code_in_process` with :func:`train_arguments`."""
+    return exit_code_in_process(*train_arguments(args, root, mnist))
 
 
 def train_command(*args: str, root: Path, mnist: Path) -> list[str]:

@@ -17,6 +17,7 @@ from conftest import (
     SMALL,
     bare_trainer,
     events,
+    exit_code_in_process,
     run_dir,
     stopping_state,
     train_here,
@@ -54,11 +55,7 @@ def _copy_last(run: Path, tmp_path: Path) -> Path:
 
 def _in_process(args: list[str], monkeypatch: pytest.MonkeyPatch | None = None) -> int:
     """``train.py ARGS`` in this process: its exit code."""
-    try:
-        train_in_process(*args)
-    except SystemExit as stop:
-        return stop.code
-    return 0
+    return exit_code_in_process(*args)
 
 
 def test_a_resume_from_a_copied_folder_leaves_the_original_run_whole(
