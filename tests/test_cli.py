@@ -262,6 +262,8 @@ def test_a_typo_in_a_config_section_names_the_key(
          "early_stopping must be a mapping of its options, or left out, got null"),
         ("annealing: 3\nmodel:\n  learning_rate: 0.1\n",
          "annealing must be a mapping of its options, or left out, got 3"),
+        # model has a required option, which jsonargparse would name instead
+        ("model: null\n", "model must be a mapping of its options, or left out, got null"),
         # completed by the test's --trainer.default_root_dir, which keeps only that key
         ("trainer: 3\nmodel:\n  learning_rate: 0.1\n",
          "trainer must be a mapping of its options, or left out"),

@@ -19,6 +19,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import yaml
 from jsonargparse import ArgumentError, Namespace
 from lightning.fabric.plugins import CheckpointIO
 from lightning.fabric.utilities.exceptions import MisconfigurationException
@@ -75,6 +76,21 @@ def _config_files(args: Any) -> list[str]:
     finder.add_argument("-c", "--config", action="append", default=[])
     known, _ = finder.parse_known_args(args)
     return [path for path in known.config if os.path.isfile(path)]
+
+
+def _section_not_a_mapping(path: str) -> tuple[str, str] | None:
+    """A section of the config file that is set, but not to a mapping: its name and value."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            content = yaml.safe_load(f)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None  # jsonargparse says what is wrong with the file
+    for section in SECTIONS:
+        if isinstance(content, dict) and section in content:
+            value = content[section]
+            if not isinstance(value, dict):
+                return section, "null" if value is None else repr(value)
+    return None
 
 
 def _is_empty(path: str) -> bool:
@@ -147,6 +163,13 @@ class MNISTLinearCLI(LightningCLI):
         try:
             super().parse_arguments(parser, args)
         except ArgumentError as error:  # jsonargparse's message names the option and the value
+            for path in config_files:  # unless a section left a required option without one
+                found = _section_not_a_mapping(path)
+                if found is not None:
+                    raise UsageError(
+                        f"--config {path}: {found[0]} must be a mapping of its options, or "
+                        f"left out, got {found[1]}"
+                    ) from None
             raise UsageError(one_line(str(error))) from None
         where = f"--config {' '.join(config_files)}: " if config_files else ""
         defaults = parser.get_defaults()
