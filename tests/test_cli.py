@@ -193,6 +193,12 @@ def test_a_named_profiler_is_the_trainers(tmp_path: Path, monkeypatch: pytest.Mo
         ("--trainer.max_epoch=3", "--trainer.max_epoch", "3"),  # no abbreviation of max_epochs
         ("--ckpt_path=missing.ckpt", "--ckpt_path", "missing.ckpt"),
         ("--trainer.accelerator=foo", "accelerator", "foo"),
+        pytest.param(
+            "--trainer.accelerator=gpu",
+            "--trainer.accelerator",
+            "available here: auto, cpu",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="has a GPU"),
+        ),
         ("--annealing.T=-3", "annealing.T", "-3"),
         ("--early_stopping.patience=0", "early_stopping.patience", "0"),
         ("--early_stopping.rule=x", "early_stopping.rule", "x"),

@@ -2,14 +2,17 @@
 
 ``check_val_every_n_epoch 0`` ends in a ZeroDivisionError once training starts, and
 ``-1`` is taken silently as 1; an integer ``val_check_interval`` larger than the
-training blocks of an epoch is refused only after the run folder holds its log. They
-are checked here instead, before anything is written, with messages that name the
+training blocks of an epoch is refused only after the run folder holds its log; an
+accelerator this machine does not have is refused without naming the option. They are
+checked here instead, before anything is written, with messages that name the
 option, the value received and the values allowed.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from lightning.pytorch.accelerators import AcceleratorRegistry
 
 # Integer flags of the Trainer, each null or at least its minimum (Lightning's meaning).
 MINIMUMS = {
@@ -25,6 +28,14 @@ class TrainerFlagError(ValueError):
     """A Trainer flag that cannot work; the message starts with ``--trainer.<flag>``."""
 
 
+def available_accelerators() -> list[str]:
+    """The ``--trainer.accelerator`` names this machine can run: ``auto``, each of
+    Lightning's registered accelerators that is available, and ``gpu`` with CUDA or MPS."""
+    names = sorted(n for n in AcceleratorRegistry.available_accelerators()
+                   if AcceleratorRegistry[n]["accelerator"].is_available())  # fmt: skip
+    return ["auto", *names, *(["gpu"] if {"cuda", "mps"} & set(names) else [])]
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -36,6 +47,14 @@ def check_trainer_flags(trainer: dict[str, Any]) -> None:
         value = trainer.get(name)
         if value is not None and (not _is_int(value) or value < minimum):
             raise TrainerFlagError(f"--trainer.{name} must be {allowed}, got {value!r}")
+    accelerator = trainer.get("accelerator")
+    if isinstance(accelerator, str) and accelerator not in available_accelerators():
+        known = {"gpu", *AcceleratorRegistry.available_accelerators()}
+        if accelerator in known:  # Lightning names an unknown one itself, with the choices
+            raise TrainerFlagError(
+                f"--trainer.accelerator {accelerator}: this machine has none; available here: "
+                f"{', '.join(available_accelerators())}"
+            )
     interval = trainer.get("val_check_interval")
     if _is_int(interval) and interval < 1:
         raise TrainerFlagError(
