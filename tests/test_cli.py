@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import io
 import itertools
 import json
 import logging
@@ -302,6 +303,41 @@ def test_trainer_flags_of_automatic_optimisation_are_refused_by_lightning_in_one
 ) -> None:
     last = _refusal([argument], tmp_path, mnist_root, capfd)
     assert last.startswith("error: ") and value in last, last
+
+
+@pytest.mark.parametrize(
+    "argument",
+    ["--trainer.limit_val_batches=0.5", "--data.val_size=1", "--data.train_size=100",
+     "--trainer.val_check_interval=50"],
+)  # fmt: skip
+def test_a_refusal_once_the_data_is_read_prints_nothing_of_lightnings(
+    argument: str, tmp_path: Path, mnist_root: Path, capfd
+) -> None:
+    # Lightning's handlers write where stderr was when it was imported; one of ours sees
+    # what they would have printed.
+    printed = io.StringIO()
+    handler = logging.StreamHandler(printed)
+    logging.getLogger("lightning.pytorch").addHandler(handler)
+    try:
+        line = _refusal(["--data.train_size=2000", argument], tmp_path, mnist_root, capfd)
+        assert line.startswith("error: ") and printed.getvalue() == ""
+        # A run that trains prints them, in order, once training starts.
+        assert train_here(*SMALL, "--trainer.max_epochs=1", root=tmp_path, mnist=mnist_root) == 0
+    finally:
+        logging.getLogger("lightning.pytorch").removeHandler(handler)
+    said = printed.getvalue()
+    assert 0 <= said.index("GPU available") < said.index("Total params") < said.index("stopped")
+
+
+@pytest.mark.slow
+def test_a_refusal_inside_lightnings_fit_is_the_only_line_a_process_prints(
+    tmp_path: Path, mnist_root: Path
+) -> None:
+    done = run_train(*SMALL, "--trainer.limit_val_batches=0.5", root=tmp_path, mnist=mnist_root)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith("error: You requested to check 0.5 of the `val_dataloader`")
+    assert done.stderr.count("\n") == 1
+    assert not (tmp_path / "lightning_logs").exists()
 
 
 def _refusal(args: list[str], root: Path, mnist: Path, capfd: pytest.CaptureFixture) -> str:

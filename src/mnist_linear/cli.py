@@ -27,6 +27,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
+from mnist_linear import messages
 from mnist_linear.callbacks import (
     LearningRateAnnealing,
     ValidationLossEarlyStopping,
@@ -396,6 +397,10 @@ def fit_and_report(cli: MNISTLinearCLI) -> dict[str, Any] | None:
     """
     trainer, model, datamodule = cli.trainer, cli.model, cli.datamodule
     check_before_fit(trainer, datamodule)
+    if trainer.strategy.launcher is None:
+        trainer.callbacks.insert(0, messages.ReleaseMessages())
+    else:  # processes of their own train (in ddp_spawn, none of them this one): let them print
+        messages.let_through()
     threads = cli.config.get("threads")
     if threads is not None:  # Lightning's DDP leaves torch's threads alone when this is set
         os.environ["OMP_NUM_THREADS"] = str(threads)
@@ -467,7 +472,8 @@ def fit_reporting_errors(cli: MNISTLinearCLI) -> None:
 
 def main(args: Sequence[str] | None = None) -> None:
     """Entry point of ``train.py``."""
-    fit_reporting_errors(make_cli(args))
+    with messages.held_until_training():  # a refusal is printed alone
+        fit_reporting_errors(make_cli(args))
 
 
 if __name__ == "__main__":
