@@ -59,6 +59,19 @@ def test_a_resume_in_its_own_folder_says_nothing_of_its_checkpoints_nor_does_its
     ]
 
 
+def test_a_resume_in_its_own_folder_named_relative_to_the_working_folder_says_nothing(
+    tmp_path: Path, mnist_root: Path, monkeypatch, recwarn
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    common = (*SMALL, f"--data.data_dir={mnist_root}", "--trainer.default_root_dir=runs",
+              "--trainer.enable_progress_bar=false")  # fmt: skip
+    train_in_process(*common, "--trainer.max_epochs=1")
+    recwarn.clear()
+    last = Path("runs/lightning_logs/version_0/checkpoints/last.ckpt")
+    train_in_process(*common, "--trainer.max_epochs=2", f"--ckpt_path={last}")
+    assert [str(w.message) for w in recwarn] == []
+
+
 def test_the_progress_bar_counts_blocks(tmp_path: Path, mnist_root: Path, capfd) -> None:
     # The whole 2-vs-3 split: 100 steps an epoch in ten blocks of 10, so a bar of steps
     # would count to 100.

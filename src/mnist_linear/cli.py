@@ -410,6 +410,9 @@ def fit_and_report(cli: MNISTLinearCLI) -> dict[str, Any] | None:
             # A resume in its own folder finds its own checkpoints there; Lightning's
             # warning is for a new run writing over another's.
             warnings.filterwarnings("ignore", message="Checkpoint directory .* is not empty")
+            # Nor has its checkpoint folder moved when it was named relative to another
+            # working folder, or by another path.
+            warnings.filterwarnings("ignore", message="The dirpath has changed from")
         trainer.fit(model, datamodule=datamodule, ckpt_path=cli.config.get("ckpt_path"))
     results = next(c for c in trainer.callbacks if isinstance(c, RunResults)).results
     if results is None and cli.run_dir is not None and (cli.run_dir / "results.json").is_file():
