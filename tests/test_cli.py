@@ -416,6 +416,7 @@ def test_ddp_two_processes_train_exactly_what_one_process_trains(
         root=tmp_path, mnist=mnist_root,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "Warning" not in done.stderr and "deprecated" not in done.stderr, done.stderr
     single = torch.load(run_dir(one_process) / "checkpoints" / "last.ckpt", weights_only=True)
     double = torch.load(run_dir(tmp_path) / "checkpoints" / "last.ckpt", weights_only=True)
     assert single["global_step"] == double["global_step"] == 2 * steps_an_epoch(mnist_root, 2000)

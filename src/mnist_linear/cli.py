@@ -362,6 +362,9 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
 
 
+_quiet_lightning()  # also for the processes ddp_spawn starts: they import this, run no main
+
+
 def hyperparameters(config: Any) -> dict[str, bool | float | int | str]:
     """The run's scalar settings, flattened (``model.l2_lambda``), for TensorBoard's HPARAMS."""
     flat: dict[str, bool | float | int | str] = {}
