@@ -6,6 +6,7 @@ import hashlib
 import json
 import shutil
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -20,11 +21,13 @@ from conftest import (
     exit_code_in_process,
     run_dir,
     stopping_state,
+    train_command,
     train_here,
     train_in_process,
     two_vs_three,
 )
 
+from mnist_linear.locks import start_time
 from mnist_linear.model import LinearClassifier
 
 
@@ -346,3 +349,63 @@ def test_a_resume_in_the_second_its_run_began_is_read_after_it(
                      f"--ckpt_path={folder / 'checkpoints' / 'last.ckpt'}")  # fmt: skip
     steps = [e.step for e in events(folder).Scalars("val/loss")]
     assert steps == list(range(1, 19))  # 9 steps an epoch, each evaluated
+
+
+def _owner(pid: int) -> str:
+    """How a lock names process ``pid`` of this host (``locks.this_owner``'s form)."""
+    start = start_time(pid)
+    return f"{pid}@{socket.gethostname()}" + ("" if start is None else f":{start}")
+
+
+def test_a_run_folder_another_live_process_writes_is_refused_and_a_dead_ones_taken_over(
+    two_epochs: Path, tmp_path: Path, mnist_root: Path, capsys
+) -> None:
+    run = tmp_path / "lightning_logs" / "version_0"
+    shutil.copytree(two_epochs, run)
+    before = _snapshot(run)
+    last = run / "checkpoints" / "last.ckpt"
+    resume = (*SMALL, "--trainer.max_epochs=3", f"--ckpt_path={last}")
+    # A process that lives (PID 1, which always does) writes there: a second resume at once.
+    (run / ".lock").write_text(_owner(1) + "\n")
+    assert train_here(*resume, root=tmp_path, mnist=mnist_root) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --ckpt_path: the run folder {run} is being written by PID ")
+    assert err.count("\n") == 1
+    assert _snapshot(run) == {**before, ".lock": _snapshot(run)[".lock"]}  # nothing changed
+    # A logger's version naming a folder another run has just made and holds, likewise;
+    # the folder stays.
+    other = tmp_path / "lightning_logs" / "version_9"
+    other.mkdir()
+    (other / ".lock").write_text(_owner(1) + "\n")
+    logger = ("--trainer.logger=TensorBoardLogger", f"--trainer.logger.save_dir={tmp_path}",
+              "--trainer.logger.version=9")  # fmt: skip
+    assert train_here(*SMALL, *logger, root=tmp_path, mnist=mnist_root) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --trainer.logger.version 9: the run folder {other} is being ")
+    assert [p.name for p in other.iterdir()] == [".lock"]
+    # The process that held it ended (killed outright): the resume takes it over, and
+    # lets go when it ends.
+    (run / ".lock").write_text(f"999999999@{socket.gethostname()}:1\n")
+    assert train_here(*resume, root=tmp_path, mnist=mnist_root) == 0
+    assert not (run / ".lock").exists()
+    assert json.loads((run / "results.json").read_text())["stopped_epoch"] == 2
+
+
+@pytest.mark.slow
+def test_runs_started_at_once_with_one_logger_version_never_share_its_folder(
+    tmp_path: Path, mnist_root: Path
+) -> None:
+    command = train_command(*SMALL, "--trainer.max_epochs=1", "--trainer.logger=TensorBoardLogger",
+                            f"--trainer.logger.save_dir={tmp_path}", "--trainer.logger.version=7",
+                            root=tmp_path, mnist=mnist_root)  # fmt: skip
+    runs = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for _ in range(2)]  # fmt: skip
+    outputs = [run.communicate(timeout=240) for run in runs]
+    codes = sorted(run.returncode for run in runs)
+    assert codes == [0, 2], [err[-2000:] for _, err in outputs]
+    (refused,) = [err for (_, err), run in zip(outputs, runs, strict=True) if run.returncode == 2]
+    assert refused.startswith("error: --trainer.logger.version 7: ") and refused.count("\n") == 1
+    folder = tmp_path / "lightning_logs" / "version_7"
+    assert len(list(folder.glob("events.out.tfevents.*"))) == 1
+    assert json.loads((folder / "results.json").read_text())["global_step"] == 9
+    assert not (folder / ".lock").exists()

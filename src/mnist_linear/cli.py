@@ -27,7 +27,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities import rank_zero_info
 
-from mnist_linear import messages
+from mnist_linear import folders, messages
 from mnist_linear.callbacks import (
     LearningRateAnnealing,
     ValidationLossEarlyStopping,
@@ -308,12 +308,14 @@ class MNISTLinearCLI(LightningCLI):
         logger = trainer_config.get("logger")
         configured = self._configured_logger()
         try:
-            return self.folder.trainer_arguments(
+            arguments = self.folder.trainer_arguments(
                 logger,
                 {} if configured is None else configured.init_args.as_dict(),
                 trainer_config.get("default_root_dir") or os.getcwd(),
                 None if self.checkpoint is None else self.checkpoint["global_step"] + 1,
             )
+            self.folder.hold()
+            return arguments
         except RunFolderError as error:
             raise UsageError(str(error)) from None
 
@@ -478,8 +480,11 @@ def fit_reporting_errors(cli: MNISTLinearCLI) -> None:
 
 def main(args: Sequence[str] | None = None) -> None:
     """Entry point of ``train.py``."""
-    with messages.held_until_training():  # a refusal is printed alone
-        fit_reporting_errors(make_cli(args))
+    try:
+        with messages.held_until_training():  # a refusal is printed alone
+            fit_reporting_errors(make_cli(args))
+    finally:
+        folders.let_go()
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ from typing import Any
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from mnist_linear.files import NO_ROOM
+from mnist_linear.files import NO_ROOM, atomic_write_text
+from mnist_linear.locks import LOCK, alive, describe, holders, ours, release, this_owner
 from mnist_linear.run import AtomicTensorBoardLogger
 
 VERSION_PREFIX = "version_"
@@ -38,6 +39,15 @@ def after_event_files(folder: Path) -> None:
     wait = max(seconds, default=0) + 1 - time.time()
     if 0 < wait <= 2:  # a file dated further ahead is another clock's: not waited for
         time.sleep(wait)
+
+
+_held: list[Path] = []  # run folders this process holds (RunFolder.hold)
+
+
+def let_go() -> None:
+    """Release the run folders this process holds; train.py calls it as it ends."""
+    while _held:
+        release(_held.pop())
 
 
 class RunFolderError(ValueError):
@@ -153,6 +163,7 @@ class RunFolder:
         self.resumed_in = resumed_in
         self.path: Path | None = None
         self.claimed = False  # path is a new folder this process made
+        self.named = False  # path is the folder a configured logger's version names
         self.made: Path | None = None  # the outermost folder made to hold it
 
     @property
@@ -178,6 +189,7 @@ class RunFolder:
             self.path = self.resumed_in
             return logger_version(self.path)
         if version is not None:
+            self.named = True
             folder = named_run_folder(save_dir, name, version)
             if holds_a_run(folder) and folder.resolve() != self.resumed_in:
                 raise RunFolderError(
@@ -248,6 +260,41 @@ class RunFolder:
             raise RunFolderError(
                 f"{option}: cannot make a run folder in {where}: {error.strerror}"
             ) from None
+
+    def hold(self) -> None:
+        """Hold a folder this process did not make (a resumed run's, or one a logger's
+        ``version`` names) with a ``.lock`` naming this process, as a sweep holds its runs.
+
+        Two runs started at once in the same folder would otherwise write into each
+        other's files: the later is refused while the other's process lives, and removes
+        nothing, even where it made the folder. A folder whose lock names this process or
+        its parent (a sweep's worker, the process it starts for a DDP run) is its own
+        already; a lock whose processes all ended (a run killed outright) is taken over.
+        """
+        run = self.path
+        if run is None or (self.claimed and not self.named) or not run.is_dir():
+            return
+        if not launched_as_rank_zero():
+            return
+        try:
+            fd = os.open(run / LOCK, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            held = holders(run)
+            if ours(held):
+                return
+            if held and any(alive(holder) for holder in held):
+                self.claimed = False  # made by this process or not, the folder is the other's
+                version = f"--trainer.logger.version {logger_version(run)}"
+                option = "--ckpt_path" if self.resumed_here else version
+                raise RunFolderError(
+                    f"{option}: the run folder {run} is being written by {describe(held[0])}; "
+                    f"wait for it to end, or remove {run / LOCK} if no such process runs"
+                ) from None
+            atomic_write_text(run / LOCK, this_owner() + "\n")  # its process ended: taken over
+        else:
+            with os.fdopen(fd, "w") as lock:
+                lock.write(this_owner() + "\n")
+        _held.append(run)
 
     def discard(self) -> None:
         """Remove the folder this process claimed for a run refused before training.

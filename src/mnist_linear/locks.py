@@ -51,6 +51,13 @@ def this_owner() -> str:
     return f"{os.getpid()}@{socket.gethostname()}" + ("" if start is None else f":{start}")
 
 
+def ours(held: list[str]) -> bool:
+    """Whether ``held`` (a lock's holders) names this process or the one that started it
+    (a sweep's worker and the process it starts for a DDP run)."""
+    parent = f"{os.getppid()}@{socket.gethostname()}"
+    return this_owner() in held or any(h == parent or h.startswith(parent + ":") for h in held)
+
+
 def holders(folder: Path) -> list[str]:
     """The ``PID@host:START`` of each process in ``folder``'s lock, sweep first; ``[]``: none."""
     try:
