@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
+import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -27,6 +31,7 @@ from conftest import (
     two_vs_three,
 )
 
+from mnist_linear.folders import RunFolder, RunFolderError
 from mnist_linear.locks import start_time
 from mnist_linear.model import LinearClassifier
 
@@ -409,3 +414,65 @@ def test_runs_started_at_once_with_one_logger_version_never_share_its_folder(
     assert len(list(folder.glob("events.out.tfevents.*"))) == 1
     assert json.loads((folder / "results.json").read_text())["global_step"] == 9
     assert not (folder / ".lock").exists()
+
+
+def _hold_at_once(run: Path, start: Any, tried: Any, held: Any) -> None:
+    folder = RunFolder()
+    folder.path = run
+    start.wait(timeout=30)
+    try:
+        folder.hold()
+        held.put(os.getpid())
+    except RunFolderError:
+        pass
+    finally:
+        tried.wait(timeout=30)  # each holds on until both have tried
+
+
+@pytest.mark.parametrize("left", ["nothing", "a lock whose process ended"])
+def test_processes_that_hold_a_run_folder_at_the_same_moment_get_it_once(
+    left: str, tmp_path: Path
+) -> None:
+    if left != "nothing":
+        (tmp_path / ".lock").write_text(f"999999999@{socket.gethostname()}:1\n")
+    context = multiprocessing.get_context("fork")
+    start, tried, held = context.Barrier(2), context.Barrier(2), context.Queue()
+    for _ in range(20):
+        processes = [context.Process(target=_hold_at_once, args=(tmp_path, start, tried, held))
+                     for _ in range(2)]  # fmt: skip
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(timeout=60)
+        assert [p.exitcode for p in processes] == [0, 0]
+        assert [held.get(timeout=5)] and held.empty()  # one of the two, never both
+
+
+def test_a_resume_of_a_run_still_training_is_refused(
+    two_epochs: Path, tmp_path: Path, mnist_root: Path, capsys
+) -> None:
+    run = tmp_path / "lightning_logs" / "version_0"
+    shutil.copytree(two_epochs, run)
+    before = _snapshot(run)
+    # The run's own process, still training: it holds the folder's lock.
+    code = ("import fcntl, os, sys, time\n"
+            "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "print('held', flush=True)\n"
+            "time.sleep(120)\n")  # fmt: skip
+    holder = subprocess.Popen([sys.executable, "-c", code, str(run / ".lock")],
+                              stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert holder.stdout.readline() == "held\n"
+        last = run / "checkpoints" / "last.ckpt"
+        resume = (*SMALL, "--trainer.max_epochs=3", f"--ckpt_path={last}")
+        assert train_here(*resume, root=tmp_path, mnist=mnist_root) == 2
+    finally:
+        holder.kill()
+        holder.wait()
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --ckpt_path: the run folder {run} is being written by ")
+    assert {k: v for k, v in _snapshot(run).items() if k != ".lock"} == before
+    # Once that process has ended, however it ended, the resume goes on.
+    assert train_here(*resume, root=tmp_path, mnist=mnist_root) == 0
+    assert not (run / ".lock").exists()

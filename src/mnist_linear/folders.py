@@ -10,6 +10,7 @@ trains removes the folder it made, and the folders made to hold it.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import time
@@ -19,8 +20,8 @@ from typing import Any
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from mnist_linear.files import NO_ROOM, atomic_write_text
-from mnist_linear.locks import LOCK, alive, describe, holders, ours, release, this_owner
+from mnist_linear.files import NO_ROOM
+from mnist_linear.locks import LOCK, alive, describe, holders, ours, this_owner
 from mnist_linear.run import AtomicTensorBoardLogger
 
 VERSION_PREFIX = "version_"
@@ -41,13 +42,34 @@ def after_event_files(folder: Path) -> None:
         time.sleep(wait)
 
 
-_held: list[Path] = []  # run folders this process holds (RunFolder.hold)
+_held: list[tuple[Path, int]] = []  # run folders this process holds, with their lock's fd
 
 
 def let_go() -> None:
     """Release the run folders this process holds; train.py calls it as it ends."""
     while _held:
-        release(_held.pop())
+        run, fd = _held.pop()
+        with contextlib.suppress(FileNotFoundError):
+            (run / LOCK).unlink()
+        os.close(fd)  # and with it the flock
+
+
+def _lock(run: Path) -> int | None:
+    """``run``'s ``.lock``, open and ``flock``-ed by this process, or ``None`` if another
+    process holds it. The flock ends with the process, however it ends."""
+    while True:
+        fd = os.open(run / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            if os.fstat(fd).st_ino == os.stat(run / LOCK).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # its holder removed it as we opened it: open the new one
 
 
 class RunFolderError(ValueError):
@@ -163,7 +185,6 @@ class RunFolder:
         self.resumed_in = resumed_in
         self.path: Path | None = None
         self.claimed = False  # path is a new folder this process made
-        self.named = False  # path is the folder a configured logger's version names
         self.made: Path | None = None  # the outermost folder made to hold it
 
     @property
@@ -189,7 +210,6 @@ class RunFolder:
             self.path = self.resumed_in
             return logger_version(self.path)
         if version is not None:
-            self.named = True
             folder = named_run_folder(save_dir, name, version)
             if holds_a_run(folder) and folder.resolve() != self.resumed_in:
                 raise RunFolderError(
@@ -262,39 +282,39 @@ class RunFolder:
             ) from None
 
     def hold(self) -> None:
-        """Hold a folder this process did not make (a resumed run's, or one a logger's
-        ``version`` names) with a ``.lock`` naming this process, as a sweep holds its runs.
+        """Hold the run folder while this process writes into it: ``<run>/.lock``, named
+        by this process and ``flock``-ed until it ends (:func:`let_go`, or its death).
 
-        Two runs started at once in the same folder would otherwise write into each
-        other's files: the later is refused while the other's process lives, and removes
-        nothing, even where it made the folder. A folder whose lock names this process or
-        its parent (a sweep's worker, the process it starts for a DDP run) is its own
-        already; a lock whose processes all ended (a run killed outright) is taken over.
+        Two processes writing into one folder at once (a run and a resume of it, two
+        resumes, two runs given one logger ``version``) would write into each other's
+        files: the later is refused in one line and removes nothing, even where it made
+        the folder. A lock whose process ended (a run killed outright) holds no flock and
+        is taken over. A folder whose lock names this process or its parent (a sweep's
+        worker, the process it starts for a DDP run) is its own already; a live sweep's
+        lock, which sweeps do not flock, refuses the run like any other.
         """
         run = self.path
-        if run is None or (self.claimed and not self.named) or not run.is_dir():
+        if run is None or not run.is_dir():
             return
         if not launched_as_rank_zero():
             return
-        try:
-            fd = os.open(run / LOCK, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
-        except FileExistsError:
-            held = holders(run)
-            if ours(held):
-                return
-            if held and any(alive(holder) for holder in held):
-                self.claimed = False  # made by this process or not, the folder is the other's
-                version = f"--trainer.logger.version {logger_version(run)}"
-                option = "--ckpt_path" if self.resumed_here else version
-                raise RunFolderError(
-                    f"{option}: the run folder {run} is being written by {describe(held[0])}; "
-                    f"wait for it to end, or remove {run / LOCK} if no such process runs"
-                ) from None
-            atomic_write_text(run / LOCK, this_owner() + "\n")  # its process ended: taken over
-        else:
-            with os.fdopen(fd, "w") as lock:
-                lock.write(this_owner() + "\n")
-        _held.append(run)
+        if ours(holders(run)):
+            return
+        fd = _lock(run)
+        held = holders(run)
+        if fd is None or (held and any(alive(h) for h in held) and not ours(held)):
+            if fd is not None:  # a sweep's lock, which sweeps do not flock
+                os.close(fd)
+            self.claimed = False  # made by this process or not, the folder is the other's
+            version = f"--trainer.logger.version {logger_version(run)}"
+            option = "--ckpt_path" if self.resumed_here else version
+            raise RunFolderError(
+                f"{option}: the run folder {run} is being written by "
+                f"{describe(held[0]) if held else 'another process'}; wait for it to end"
+            )
+        os.ftruncate(fd, 0)  # a lock left by a process that ended is taken over
+        os.pwrite(fd, (this_owner() + "\n").encode(), 0)
+        _held.append((run, fd))
 
     def discard(self) -> None:
         """Remove the folder this process claimed for a run refused before training.
