@@ -49,12 +49,17 @@ def check_trainer_flags(trainer: dict[str, Any]) -> None:
             raise TrainerFlagError(f"--trainer.{name} must be {allowed}, got {value!r}")
     accelerator = trainer.get("accelerator")
     if isinstance(accelerator, str) and accelerator not in available_accelerators():
-        known = {"gpu", *AcceleratorRegistry.available_accelerators()}
-        if accelerator in known:  # Lightning names an unknown one itself, with the choices
+        known = sorted({"auto", "gpu", *AcceleratorRegistry.available_accelerators()})
+        here = ", ".join(available_accelerators())
+        if accelerator in known:
             raise TrainerFlagError(
                 f"--trainer.accelerator {accelerator}: this machine has none; available here: "
-                f"{', '.join(available_accelerators())}"
+                f"{here}"
             )
+        raise TrainerFlagError(
+            f"--trainer.accelerator must be one of {', '.join(known)} (available here: "
+            f"{here}), got {accelerator!r}"
+        )
     interval = trainer.get("val_check_interval")
     if _is_int(interval) and interval < 1:
         raise TrainerFlagError(
