@@ -194,8 +194,11 @@ def test_a_named_profiler_is_the_trainers(tmp_path: Path, monkeypatch: pytest.Mo
         ("--trainer.max_epoch=3", "--trainer.max_epoch", "3"),  # no abbreviation of max_epochs
         ("--ckpt_path=missing.ckpt", "--ckpt_path", "missing.ckpt"),
         ("--trainer.accelerator=foo", "accelerator", "foo"),
-        ("--trainer.accelerator=GPU", "--trainer.accelerator must be one of auto, cpu, cuda, gpu, "
-         "mps, tpu (available here: ", "'GPU'"),
+        (
+            "--trainer.accelerator=GPU",
+            "--trainer.accelerator must be one of auto, cpu, cuda, gpu, mps, tpu (available here: ",
+            "'GPU'",
+        ),
         pytest.param(
             "--trainer.accelerator=gpu",
             "--trainer.accelerator",

@@ -356,6 +356,13 @@ def test_a_resume_in_the_second_its_run_began_is_read_after_it(
     assert steps == list(range(1, 19))  # 9 steps an epoch, each evaluated
 
 
+def _copied(run: Path, root: Path) -> Path:
+    """A copy of ``run`` as ``root``'s ``lightning_logs/version_0``."""
+    copy = root / "lightning_logs" / "version_0"
+    shutil.copytree(run, copy)
+    return copy
+
+
 def _owner(pid: int) -> str:
     """How a lock names process ``pid`` of this host (``locks.this_owner``'s form)."""
     start = start_time(pid)
@@ -365,8 +372,7 @@ def _owner(pid: int) -> str:
 def test_a_run_folder_another_live_process_writes_is_refused_and_a_dead_ones_taken_over(
     two_epochs: Path, tmp_path: Path, mnist_root: Path, capsys
 ) -> None:
-    run = tmp_path / "lightning_logs" / "version_0"
-    shutil.copytree(two_epochs, run)
+    run = _copied(two_epochs, tmp_path)
     before = _snapshot(run)
     last = run / "checkpoints" / "last.ckpt"
     resume = (*SMALL, "--trainer.max_epochs=3", f"--ckpt_path={last}")
@@ -451,8 +457,7 @@ def test_processes_that_hold_a_run_folder_at_the_same_moment_get_it_once(
 def test_a_resume_of_a_run_still_training_is_refused(
     two_epochs: Path, tmp_path: Path, mnist_root: Path, capsys
 ) -> None:
-    run = tmp_path / "lightning_logs" / "version_0"
-    shutil.copytree(two_epochs, run)
+    run = _copied(two_epochs, tmp_path)
     before = _snapshot(run)
     # The run's own process, still training: it holds the folder's lock.
     code = ("import fcntl, os, sys, time\n"
