@@ -335,6 +335,7 @@ def test_a_resume_with_nothing_left_to_train_reports_the_restored_weights(
     }
 
 
+@pytest.mark.slow
 def test_a_resume_in_the_second_its_run_began_is_read_after_it(
     tmp_path: Path, mnist_root: Path
 ) -> None:

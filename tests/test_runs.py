@@ -585,6 +585,7 @@ def test_the_stop_reason_names_the_limit_that_ended_training(
     assert f"({reason}) after {results['global_step']} steps" in capfd.readouterr().out
 
 
+@pytest.mark.slow
 def test_max_time_stops_after_a_block_and_restores_the_best_epoch_seen(
     tmp_path: Path, mnist_root: Path, capfd
 ) -> None:
