@@ -32,7 +32,7 @@ from conftest import (
 )
 
 from mnist_linear.folders import RunFolder, RunFolderError
-from mnist_linear.locks import start_time
+from mnist_linear.locks import owner
 from mnist_linear.model import LinearClassifier
 
 
@@ -364,12 +364,6 @@ def _copied(run: Path, root: Path) -> Path:
     return copy
 
 
-def _owner(pid: int) -> str:
-    """How a lock names process ``pid`` of this host (``locks.this_owner``'s form)."""
-    start = start_time(pid)
-    return f"{pid}@{socket.gethostname()}" + ("" if start is None else f":{start}")
-
-
 def test_a_run_folder_another_live_process_writes_is_refused_and_a_dead_ones_taken_over(
     two_epochs: Path, tmp_path: Path, mnist_root: Path, capsys
 ) -> None:
@@ -378,7 +372,7 @@ def test_a_run_folder_another_live_process_writes_is_refused_and_a_dead_ones_tak
     last = run / "checkpoints" / "last.ckpt"
     resume = (*SMALL, "--trainer.max_epochs=3", f"--ckpt_path={last}")
     # A process that lives (PID 1, which always does) writes there: a second resume at once.
-    (run / ".lock").write_text(_owner(1) + "\n")
+    (run / ".lock").write_text(owner(1) + "\n")
     assert train_here(*resume, root=tmp_path, mnist=mnist_root) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: --ckpt_path: the run folder {run} is being written by PID ")
@@ -388,7 +382,7 @@ def test_a_run_folder_another_live_process_writes_is_refused_and_a_dead_ones_tak
     # the folder stays.
     other = tmp_path / "lightning_logs" / "version_9"
     other.mkdir()
-    (other / ".lock").write_text(_owner(1) + "\n")
+    (other / ".lock").write_text(owner(1) + "\n")
     logger = ("--trainer.logger=TensorBoardLogger", f"--trainer.logger.save_dir={tmp_path}",
               "--trainer.logger.version=9")  # fmt: skip
     assert train_here(*SMALL, *logger, root=tmp_path, mnist=mnist_root) == 2

@@ -79,18 +79,24 @@ def _config_files(args: Any) -> list[str]:
     return [path for path in known.config if os.path.isfile(path)]
 
 
-def _section_not_a_mapping(path: str) -> tuple[str, str] | None:
-    """A section of the config file that is set, but not to a mapping: its name and value."""
+def _not_a_mapping(section: str, value: Any) -> str:
+    """The refusal of a config section set to ``value``, which is not a mapping."""
+    got = "null" if value is None else repr(value)
+    return f"{section} must be a mapping of its options, or left out, got {got}"
+
+
+def _section_not_a_mapping(path: str) -> str | None:
+    """The refusal of the config file's first section that is set, but not to a mapping."""
     try:
         with open(path, encoding="utf-8") as f:
             content = yaml.safe_load(f)
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return None  # jsonargparse says what is wrong with the file
+    if not isinstance(content, dict):
+        return None
     for section in SECTIONS:
-        if isinstance(content, dict) and section in content:
-            value = content[section]
-            if not isinstance(value, dict):
-                return section, "null" if value is None else repr(value)
+        if section in content and not isinstance(content[section], dict):
+            return _not_a_mapping(section, content[section])
     return None
 
 
@@ -167,10 +173,7 @@ class MNISTLinearCLI(LightningCLI):
             for path in config_files:  # unless a section left a required option without one
                 found = _section_not_a_mapping(path)
                 if found is not None:
-                    raise UsageError(
-                        f"--config {path}: {found[0]} must be a mapping of its options, or "
-                        f"left out, got {found[1]}"
-                    ) from None
+                    raise UsageError(f"--config {path}: {found}") from None
             raise UsageError(one_line(str(error))) from None
         where = f"--config {' '.join(config_files)}: " if config_files else ""
         defaults = parser.get_defaults()
@@ -181,10 +184,7 @@ class MNISTLinearCLI(LightningCLI):
             if isinstance(value, Namespace) and not keys <= set(vars(value)):
                 raise UsageError(f"{where}{section} must be a mapping of its options, or left out")
             if not isinstance(value, Namespace):
-                raise UsageError(
-                    f"{where}{section} must be a mapping of its options, or left out, "
-                    f"got {'null' if value is None else repr(value)}"
-                )
+                raise UsageError(where + _not_a_mapping(section, value))
         try:
             check_trainer_flags(self.config.trainer.as_dict())
         except TrainerFlagError as error:

@@ -10,7 +10,6 @@ trains removes the folder it made, and the folders made to hold it.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
 import time
@@ -21,7 +20,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from mnist_linear.files import NO_ROOM
-from mnist_linear.locks import LOCK, alive, describe, holders, ours, this_owner
+from mnist_linear.locks import LOCK, alive, describe, flocked, holders, ours, this_owner
 from mnist_linear.run import AtomicTensorBoardLogger
 
 VERSION_PREFIX = "version_"
@@ -52,24 +51,6 @@ def let_go() -> None:
         with contextlib.suppress(FileNotFoundError):
             (run / LOCK).unlink()
         os.close(fd)  # and with it the flock
-
-
-def _lock(run: Path) -> int | None:
-    """``run``'s ``.lock``, open and ``flock``-ed by this process, or ``None`` if another
-    process holds it. The flock ends with the process, however it ends."""
-    while True:
-        fd = os.open(run / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return None
-        try:
-            if os.fstat(fd).st_ino == os.stat(run / LOCK).st_ino:
-                return fd
-        except FileNotFoundError:
-            pass
-        os.close(fd)  # its holder removed it as we opened it: open the new one
 
 
 class RunFolderError(ValueError):
@@ -300,7 +281,7 @@ class RunFolder:
             return
         if ours(holders(run)):
             return
-        fd = _lock(run)
+        fd = flocked(run)
         held = holders(run)
         if fd is None or (held and any(alive(h) for h in held) and not ours(held)):
             if fd is not None:  # a sweep's lock, which sweeps do not flock

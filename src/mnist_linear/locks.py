@@ -1,5 +1,8 @@
 """A run folder claimed by one sweep at a time: ``<run>/.lock``, holding ``PID@host:START``.
 
+(train.py holds the same file while it writes into a run folder, ``flock``-ed as well:
+:func:`flocked`, and :meth:`mnist_linear.folders.RunFolder.hold`.)
+
 A sweep claims a run before it trains it and releases it when the training has ended,
 so that two sweeps over the same folder never train a run twice. The lock is made
 with ``O_CREAT | O_EXCL``, which succeeds in one process only; its first line is the
@@ -45,17 +48,42 @@ def start_time(pid: int) -> str | None:
     return stat.rpartition(")")[2].split()[19]
 
 
+def owner(pid: int) -> str:
+    """``PID@host:START`` of process ``pid`` of this host, as locks hold it (``PID@host``
+    without /proc)."""
+    start = start_time(pid)
+    return f"{pid}@{socket.gethostname()}" + ("" if start is None else f":{start}")
+
+
 def this_owner() -> str:
-    """``PID@host:START`` of this process, as its locks hold it (``PID@host`` without /proc)."""
-    start = start_time(os.getpid())
-    return f"{os.getpid()}@{socket.gethostname()}" + ("" if start is None else f":{start}")
+    """:func:`owner` of this process."""
+    return owner(os.getpid())
 
 
 def ours(held: list[str]) -> bool:
     """Whether ``held`` (a lock's holders) names this process or the one that started it
     (a sweep's worker and the process it starts for a DDP run)."""
-    parent = f"{os.getppid()}@{socket.gethostname()}"
-    return this_owner() in held or any(h == parent or h.startswith(parent + ":") for h in held)
+    return this_owner() in held or owner(os.getppid()) in held
+
+
+def flocked(folder: Path) -> int | None:
+    """``folder``'s lock, opened (made if need be) and ``flock``-ed by this process: its
+    file descriptor; ``None`` if another process holds the flock. The flock ends when the
+    descriptor is closed, or with the process, however it ends. Sweeps' locks
+    (:func:`claim`) are not flock-ed: their holders are read from the file."""
+    while True:
+        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        try:
+            if os.fstat(fd).st_ino == os.stat(folder / LOCK).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)  # its holder removed it as we opened it: open the new one
 
 
 def holders(folder: Path) -> list[str]:

@@ -48,9 +48,10 @@ def check_trainer_flags(trainer: dict[str, Any]) -> None:
         if value is not None and (not _is_int(value) or value < minimum):
             raise TrainerFlagError(f"--trainer.{name} must be {allowed}, got {value!r}")
     accelerator = trainer.get("accelerator")
-    if isinstance(accelerator, str) and accelerator not in available_accelerators():
+    available = available_accelerators() if isinstance(accelerator, str) else []
+    if isinstance(accelerator, str) and accelerator not in available:
         known = sorted({"auto", "gpu", *AcceleratorRegistry.available_accelerators()})
-        here = ", ".join(available_accelerators())
+        here = ", ".join(available)
         if accelerator in known:
             raise TrainerFlagError(
                 f"--trainer.accelerator {accelerator}: this machine has none; available here: "
